@@ -1,0 +1,123 @@
+"""The official BiT ``.npz`` checkpoint layout (TensorFlow scopes, HWIO kernels)."""
+
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from ..errors import CheckpointError
+from .common import atomic_write, load_into
+
+_UNIT = re.compile(r"body\.block(\d)\.unit(\d\d)\.(\w+?)\.(weight|bias)$")
+_GN = {"weight": "gamma", "bias": "beta"}
+_SCOPE = {"gn1": "a", "conv1": "a", "gn2": "b", "conv2": "b", "gn3": "c", "conv3": "c"}
+
+
+def npz_key(key: str) -> str:
+    """The official ``.npz`` name of one of our state-dict keys."""
+    if key == "root.conv.weight":
+        return "resnet/root_block/standardized_conv2d/kernel"
+    if key.startswith("head.gn."):
+        return f"resnet/group_norm/{_GN[key.rsplit('.', 1)[1]]}"
+    if key == "head.conv.weight":
+        return "resnet/head/conv2d/kernel"
+    if key == "head.conv.bias":
+        return "resnet/head/conv2d/bias"
+    m = _UNIT.match(key)
+    if not m:
+        raise KeyError(key)
+    block, unit, mod, kind = m.groups()
+    scope = f"resnet/block{block}/unit{unit}"
+    if mod == "downsample":
+        return f"{scope}/a/proj/standardized_conv2d/kernel"
+    if mod.startswith("gn"):
+        return f"{scope}/{_SCOPE[mod]}/group_norm/{_GN[kind]}"
+    return f"{scope}/{_SCOPE[mod]}/standardized_conv2d/kernel"
+
+
+def _to_torch_layout(arr: np.ndarray) -> np.ndarray:
+    return arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr  # HWIO -> OIHW
+
+
+def _to_tf_layout(arr: np.ndarray) -> np.ndarray:
+    return arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr  # OIHW -> HWIO
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read every array of an ``.npz`` without unpickling anything."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; check the path") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e) or "Object arrays" in str(e):
+            raise CheckpointError(f"{path}: holds pickled object arrays, which are refused for safety; "
+                                  f"use a plain numeric .npz") from None
+        raise CheckpointError(f"{path}: not a readable .npz ({e}); re-download or re-export it") from None
+    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); "
+                              f"re-download it") from None
+
+
+def npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, source: str = "npz") -> dict:
+    """Map official arrays onto our key names; unknown arrays are reported by name."""
+    names = {npz_key(k): k for k in model.state_dict()}
+    state = {}
+    for k, arr in arrays.items():
+        if k not in names:
+            raise CheckpointError(f"{source}: unexpected array '{k}' for this model "
+                                  f"({len(arrays)} arrays, the model has {len(names)}); "
+                                  f"pick the model name that matches the file")
+        state[names[k]] = _to_torch_layout(arr)
+    return state
+
+
+def load_npz(model: nn.Module, path: str | os.PathLike) -> nn.Module:
+    """Load an official BiT ``.npz`` into ``model`` (strict; the head only when its size matches)."""
+    arrays = read_npz(path)
+    if arrays and not all(k.startswith("resnet/") for k in arrays):
+        bad = next(k for k in arrays if not k.startswith("resnet/"))
+        raise CheckpointError(f"{path}: array '{bad}' is not in the official BiT layout (resnet/...); "
+                              f"use 'bit convert' for other formats")
+    wanted = {npz_key(k): tuple(_to_tf_layout(v.numpy()).shape) for k, v in model.state_dict().items()}
+    for k, arr in arrays.items():
+        if k in wanted and tuple(arr.shape) != wanted[k] and not k.startswith("resnet/head/"):
+            raise CheckpointError(f"{path}: array '{k}' has shape {tuple(arr.shape)}, expected {wanted[k]}; "
+                                  f"the file is for another architecture or width")
+    missing = [k for k in wanted if k not in arrays and not k.startswith("resnet/head/")]
+    if missing:
+        raise CheckpointError(f"{path}: missing array '{missing[0]}' with shape {wanted[missing[0]]} "
+                              f"({len(missing)} missing); the file is incomplete or for another model")
+    load_into(model, npz_to_state_dict(arrays, model, str(path)), str(path))
+    return model
+
+
+def state_dict_to_npz(model: nn.Module) -> dict[str, np.ndarray]:
+    """Our weights as official ``.npz`` arrays (float32, HWIO kernels)."""
+    return {npz_key(k): np.ascontiguousarray(_to_tf_layout(v.detach().cpu().float().numpy()))
+            for k, v in model.state_dict().items()}
+
+
+def save_npz(model: nn.Module, path: str | os.PathLike) -> Path:
+    """Write ``model`` as an official-layout ``.npz``, atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **state_dict_to_npz(model))
+
+    return atomic_write(path, write)
+
+
+def is_npz(path: str | os.PathLike) -> bool:
+    """True when the file starts like a zip archive (an ``.npz``)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+__all__ = ["load_npz", "save_npz", "read_npz", "npz_key", "npz_to_state_dict", "state_dict_to_npz", "is_npz"]
