@@ -13,13 +13,15 @@ class BitError(Exception):
 class UnknownNameError(BitError, KeyError):
     """A model, recipe or data set name that is not registered."""
 
-    def __init__(self, kind: str, name: str, choices: Iterable[str]) -> None:
+    def __init__(self, kind: str, name: str, choices: Iterable[str], hint: str | None = None) -> None:
         choices = sorted(choices)
         close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
         if not close:
             close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=1, cutoff=0.5)
             close = [c for c in choices if close and c.lower() == close[0]]
-        hint = f"did you mean '{close[0]}'?" if close else f"run 'bit {kind}s' to list them"
+        if close:
+            hint = f"did you mean '{close[0]}'?"
+        hint = hint or f"run 'bit {kind}s' to list them"
         super().__init__(f"unknown {kind} '{name}': {hint}")
         self.name = name
 

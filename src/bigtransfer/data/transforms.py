@@ -1,0 +1,75 @@
+"""Input pipelines on torchvision.transforms.v2: the HyperRule's (squash resize, crop, flip) and training recipes'."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+BIT_MEAN = (0.5, 0.5, 0.5)  # official BiT weights read inputs in [-1, 1]
+BIT_STD = (0.5, 0.5, 0.5)
+
+Floats = Sequence[float]
+
+
+def normalization(model_or_cfg: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a model expects, from its ``pretrained_cfg`` (a dict) or a ``ModelConfig``; BiT's by default."""
+    cfg = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)
+    if isinstance(cfg, Mapping):
+        mean, std = cfg.get("mean"), cfg.get("std")
+    else:
+        mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+    return tuple(mean or BIT_MEAN), tuple(std or BIT_STD)
+
+
+def _finish(mean: Floats, std: Floats) -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std)), v2.ToPureTensor()]
+
+
+def hyperrule_train(precrop: int, crop: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD, flip: bool = True,
+                    randaugment: tuple[int, int] | None = None) -> v2.Compose:
+    """Squash-resize to (precrop, precrop), random crop, horizontal flip (unless ``flip=False``), normalise.
+
+    ``randaugment=(num_ops, magnitude)`` adds RandAugment after the flip (the MindSpore CIFAR-10 recipe).
+    """
+    steps: list[v2.Transform] = [v2.Resize((precrop, precrop), antialias=True), v2.RandomCrop(crop)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment:
+        steps.append(v2.RandAugment(num_ops=int(randaugment[0]), magnitude=int(randaugment[1])))
+    return v2.Compose(steps + _finish(mean, std))
+
+
+def hyperrule_eval(crop: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD) -> v2.Compose:
+    """Squash-resize to (crop, crop) and normalise, as the HyperRule evaluates."""
+    return v2.Compose([v2.Resize((crop, crop), antialias=True)] + _finish(mean, std))
+
+
+def train_recipe(size: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD, *,
+                 scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5, color_jitter: float | None = 0.4,
+                 randaugment: tuple[int, int] | None = None) -> v2.Compose:
+    """RandomResizedCrop, flip, then RandAugment (num_ops, magnitude) or else colour jitter, and normalise.
+
+    As in mindcv, colour jitter applies only when no RandAugment is asked for.
+    """
+    steps: list[v2.Transform] = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
+    if hflip > 0:
+        steps.append(v2.RandomHorizontalFlip(hflip))
+    if randaugment:
+        steps.append(v2.RandAugment(num_ops=int(randaugment[0]), magnitude=int(randaugment[1])))
+    elif color_jitter:
+        steps.append(v2.ColorJitter(brightness=color_jitter, contrast=color_jitter, saturation=color_jitter))
+    return v2.Compose(steps + _finish(mean, std))
+
+
+def eval_recipe(resize: int, crop: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD) -> v2.Compose:
+    """Resize the shorter side to ``resize``, centre-crop ``crop``, normalise (ImageNet-style validation)."""
+    return v2.Compose([v2.Resize(resize, antialias=True), v2.CenterCrop(crop)] + _finish(mean, std))
+
+
+def hyperrule_transforms(hp: Any, mean: Floats = BIT_MEAN, std: Floats = BIT_STD,
+                         flip: bool = True) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) pipelines for HyperRule parameters ``hp`` (anything with ``precrop`` and ``crop``)."""
+    return hyperrule_train(hp.precrop, hp.crop, mean, std, flip), hyperrule_eval(hp.crop, mean, std)
