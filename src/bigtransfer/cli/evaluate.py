@@ -1,0 +1,65 @@
+"""``bit evaluate``: top-1/top-5, balanced and per-class accuracy and a confusion matrix on a data split."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ..data import load_dataset
+from ..engine.evaluate import evaluate
+from ..engine.plots import plot_confusion
+from ..engine.runs import load_run
+from ..engine.sampling import SeededTransform
+from ..engine.trainer import build_transforms, resolve_device
+
+
+def run(args: argparse.Namespace) -> int:
+    loaded = load_run(args.source, args.weights)
+    cfg = loaded.cfg
+    data = args.data or cfg.get("data")
+    if not data:
+        from ..errors import BitError
+
+        raise BitError("no data: pass --data NAME:PATH")
+    dataset = load_dataset(data, args.split, skip_corrupt=args.skip_corrupt)
+    classes = loaded.classes or dataset.classes
+    n = loaded.model.num_classes
+    if dataset.num_classes > n:
+        from ..errors import BitError
+
+        raise BitError(f"the data has {dataset.num_classes} classes but the model's head has {n}; "
+                       f"evaluate a model fine-tuned on this data")
+    _, eval_tf = build_transforms(cfg)
+    device = resolve_device(args.device)
+    model = loaded.model.to(device)
+    m = evaluate(model, SeededTransform(dataset, eval_tf), n, batch_size=args.batch_size, workers=args.workers,
+                 device=device, precision=args.precision, classes=classes, progress=not args.quiet)
+    out = Path(args.out) if args.out else (Path(args.source) / f"eval-{args.split}" if Path(args.source).is_dir()
+                                           else Path("runs") / f"eval-{cfg['model']}-{args.split}")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(m, indent=1))
+    if n <= 100:
+        plot_confusion(m["confusion"], classes[:n], out / "confusion.png")
+    print(f"{data} [{args.split}] {m['n']} images: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "
+          f"balanced {m['balanced_accuracy']:.2f}%")
+    worst = sorted(m["per_class"].items(), key=lambda kv: kv[1])[:5]
+    print("lowest per-class accuracy: " + ", ".join(f"{k} {v:.1f}%" for k, v in worst))
+    print(f"written: {out / 'metrics.json'}" + (f", {out / 'confusion.png'}" if n <= 100 else ""))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="top-1/top-5, per-class accuracy and confusion matrix on a split")
+    p.add_argument("source", help="run folder, or a registered model name (pretrained weights)")
+    p.add_argument("--data", help="NAME:PATH (default: the run's data)")
+    p.add_argument("--split", default="test", help="split to evaluate (test, val, train, all)")
+    p.add_argument("--weights", help="checkpoint file to use instead")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--skip-corrupt", action="store_true")
+    p.add_argument("--out", help="folder for metrics.json and confusion.png")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)

@@ -1,0 +1,38 @@
+"""``bit export``: a run, a weights file or a pretrained model to ONNX, checked with onnxruntime."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import BitError
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_onnx, load_run_or_checkpoint
+
+    out = Path(args.onnx)
+    if out.exists() and not args.overwrite:
+        raise BitError(f"{out} exists; pass --overwrite to replace it")
+    model, size = load_run_or_checkpoint(args.source, args.model)
+    size = args.size or size or 224
+    diff = export_onnx(model, out, size, opset=args.opset, check=not args.no_check, dynamo=not args.legacy)
+    checked = f"; onnxruntime max |logit diff| vs PyTorch {diff:.2e}" if diff is not None else ""
+    print(f"wrote {out} (input N x 3 x {size} x {size}, dynamic batch, {model.num_classes} classes{checked})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export to ONNX (dynamic batch), checked against PyTorch",
+                       description="Export a run folder (config.yaml + checkpoints/last/model.safetensors), a "
+                       "weights file of any supported format, or a pretrained model name to ONNX. The "
+                       "weight standardization is baked into plain convolutions.")
+    p.add_argument("source", metavar="RUN_OR_CKPT", help="run folder, weights file or model name")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
+    p.add_argument("--model", default=None, help="registered model name (needed when it cannot be inferred)")
+    p.add_argument("--size", type=int, default=None, metavar="PX", help="input resolution (default: the model's)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--legacy", action="store_true", help="use the TorchScript exporter instead of torch.export")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.set_defaults(func=run)

@@ -1,0 +1,48 @@
+"""``bit fewshot``: the few-shot protocol over shots x seeds, with a table and the accuracy-vs-k plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine.fewshot import sweep
+from ..engine.trainer import load_data
+from .common import add_run_args, config_from_args, default_out
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    cfg["shots"] = None
+    eval_split = cfg.get("eval_split")
+    train_set, eval_set = load_data({**cfg, "eval_split": "none"})
+    if eval_split not in (None, "none", "rest"):
+        from ..data import load_dataset
+        from ..errors import DataError
+
+        try:
+            eval_set = load_dataset(cfg["data"], eval_split, skip_corrupt=cfg["skip_corrupt"])
+        except DataError:
+            eval_set = None  # no such split: each cell evaluates on the rest of its own split
+    methods = {"transfer": {}}
+    if args.baseline == "scratch":
+        methods["scratch"] = {"pretrained": False, "weights": None}
+    out = Path(args.out) if args.out else default_out(cfg, "fewshot-")
+    res = sweep(cfg, _ints(args.shots), _ints(args.seeds), out, train_set, eval_set, methods, args.metric,
+                progress=not args.quiet)
+    print((out / "table.md").read_text())
+    print(f"results: {out / 'results.json'}\nplot:    {out / 'fewshot.png'}")
+    return 0 if res else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("fewshot", help="few-shot sweep: shots x seeds, table and accuracy-vs-k plot")
+    add_run_args(p, "hyperrule")
+    p.add_argument("--shots", default="1,2,5,10", help="examples per class, comma-separated")
+    p.add_argument("--seeds", default="0,1,2", help="sampling seeds, comma-separated")
+    p.add_argument("--baseline", choices=["scratch"], help="also train the same network from scratch")
+    p.add_argument("--metric", default="top1", choices=["top1", "balanced_accuracy"])
+    p.set_defaults(func=run)

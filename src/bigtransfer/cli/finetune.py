@@ -1,0 +1,29 @@
+"""``bit finetune`` and ``bit train``: one run of the engine with a recipe."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..engine import Interrupted, train
+from .common import add_run_args, config_from_args, default_out
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = Path(args.out) if args.out else default_out(cfg)
+    try:
+        result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet)
+    except Interrupted as e:
+        print(str(e))
+        return e.code
+    if result.summary_line:
+        print(result.summary_line)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="fine-tune a pretrained BiT model with the BiT-HyperRule",
+                       description="Fine-tune with the HyperRule: resolution, schedule and MixUp from the data set.")
+    add_run_args(p, "hyperrule")
+    p.set_defaults(func=run)

@@ -1,0 +1,116 @@
+"""Crash-safe checkpoints: each one a folder written aside, fsynced, then renamed into place.
+
+``checkpoints/step_00000500/`` holds ``model.safetensors``, ``ema.safetensors`` (when EMA is on) and ``state.pt``
+(optimizer, scaler and loop state, plain tensors and numbers that load with ``weights_only=True``). The file
+``checkpoints/latest`` names the newest; the one before it is kept so a corrupt newest one can be skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import CheckpointError
+
+log = logging.getLogger("bigtransfer")
+LATEST = "latest"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
+
+
+def save_checkpoint(root: str | os.PathLike, step: int, model_state: dict, train_state: dict,
+                    ema_state: dict | None = None, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` under ``root`` atomically; older ones beyond ``keep`` are removed."""
+    root = Path(root)
+    final = root / f"step_{step:08d}"
+    tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        files = {"model.safetensors": model_state, "ema.safetensors": ema_state}
+        for name, state in files.items():
+            if state is not None:
+                save_file(_state_for_safetensors(state), tmp / name, metadata={"step": str(step)})
+        torch.save({**train_state, "step": step}, tmp / "state.pt")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        pointer = root / f".{LATEST}.tmp"
+        pointer.write_text(final.name + "\n")
+        _fsync_file(pointer)
+        os.replace(pointer, root / LATEST)
+        _fsync_dir(root)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        prev = read_latest_name(root)
+        kept = f"the previous checkpoint {root / prev} is intact" if prev else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not save the checkpoint of step {step} in {root} ({e.strerror or e}); "
+                              f"{kept}; free disk space or fix permissions, then resume") from None
+    for old in list_checkpoints(root)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_latest_name(root: Path) -> str | None:
+    try:
+        return (root / LATEST).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Checkpoint folders under ``root``, newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+
+
+def load_checkpoint_dir(path: Path) -> tuple[dict, dict, dict | None]:
+    """(model state, train state, EMA state or None) of one checkpoint folder; raises CheckpointError."""
+    try:
+        model_state = load_file(path / "model.safetensors")
+        train_state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+        ema_file = path / "ema.safetensors"
+        ema_state = load_file(ema_file) if ema_file.exists() else None
+    except Exception as e:  # any corruption: truncated file, bad header, unpickling refused
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {e})") from None
+    return model_state, train_state, ema_state
+
+
+def load_latest(root: str | os.PathLike) -> tuple[Path, dict, dict, dict | None] | None:
+    """The newest readable checkpoint under ``root``; a corrupt one is skipped with a warning."""
+    root = Path(root)
+    candidates = list_checkpoints(root)
+    latest = read_latest_name(root)
+    if latest:
+        candidates.sort(key=lambda p: p.name != latest)  # the pointed-to one first, order otherwise kept
+    for path in candidates:
+        try:
+            return (path, *load_checkpoint_dir(path))
+        except CheckpointError as e:
+            log.warning("warning: %s; falling back to an earlier checkpoint", e)
+    return None

@@ -1,0 +1,85 @@
+"""Optimizers: SGD and a TensorFlow/MindSpore-style RMSProp, with weight-decay filters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "norm_bias") -> list[dict]:
+    """Split trainable parameters into decayed and not-decayed groups.
+
+    ``norm_bias`` decays every weight but norms and biases (mindcv's ``filter_bias_and_bn``); ``conv_only`` decays
+    only convolution kernels (the MindSpore BigTransfer recipe); ``none`` decays everything.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if decay_filter == "none":
+            skip = False
+        elif decay_filter == "conv_only":
+            skip = p.ndim != 4 or name.startswith("head.")
+        elif decay_filter == "norm_bias":
+            skip = p.ndim <= 1
+        else:
+            raise ValueError(f"unknown weight_decay_filter '{decay_filter}' (none | norm_bias | conv_only)")
+        (no_decay if skip else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+class RMSpropTF(torch.optim.Optimizer):
+    """RMSProp as TensorFlow and MindSpore define it: eps inside the root, lr inside the momentum buffer.
+
+    ``ms = rho*ms + (1-rho)*g^2``; ``mom = momentum*mom + lr*g/sqrt(ms+eps)``; ``w -= mom``. With the
+    recipe's eps = 1.0 this differs markedly from ``torch.optim.RMSprop`` (eps outside the root).
+    """
+
+    def __init__(self, params, lr: float = 0.01, rho: float = 0.9, momentum: float = 0.9, eps: float = 1.0,
+                 weight_decay: float = 0.0) -> None:
+        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["weight_decay"]:
+                    g = g.add(p, alpha=group["weight_decay"])
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["ms"] = torch.zeros_like(p)
+                    state["mom"] = torch.zeros_like(p)
+                state["step"] += 1
+                ms, mom = state["ms"], state["mom"]
+                ms.mul_(group["rho"]).addcmul_(g, g, value=1 - group["rho"])
+                mom.mul_(group["momentum"]).addcdiv_(g, (ms + group["eps"]).sqrt_(), value=group["lr"])
+                p.sub_(mom)
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    """SGD or RMSProp over ``model``'s trainable parameters as a resolved recipe asks."""
+    groups = param_groups(model, float(cfg.get("weight_decay") or 0.0), cfg.get("weight_decay_filter", "norm_bias"))
+    lr = float(cfg["lr"])
+    name = cfg["optimizer"].lower()
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
+                               nesterov=bool(cfg.get("nesterov", False)))
+    if name == "rmsprop":
+        return RMSpropTF(groups, lr=lr, rho=float(cfg.get("rmsprop_rho", 0.9)),
+                         momentum=float(cfg.get("momentum", 0.9)), eps=float(cfg.get("rmsprop_eps", 1.0)))
+    raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop)")
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr

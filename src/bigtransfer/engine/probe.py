@@ -1,0 +1,63 @@
+"""Head-only training: features of the frozen backbone are computed once, then only the classifier is fitted."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from .evaluate import autocast
+from .optim import build_optimizer, set_lr
+from .sampling import SeededTransform, StepSampler
+from .schedules import build_schedule
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset, transform, *, batch_size: int = 64, device=None,
+                     precision: str = "fp32", channels_last: bool = False, workers: int = 0) -> torch.Tensor:
+    """Pre-logit features (after the head's GN, ReLU and pooling) of every image, in order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size, num_workers=workers)
+    out = []
+    for x, _ in loader:
+        x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        with autocast(device, precision):
+            out.append(model.forward_head(model.forward_features(x), pre_logits=True).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, model.num_features)
+
+
+def fit_head(trainer):
+    """Train ``trainer.model``'s classifier on cached features with the run's optimizer and schedule."""
+    c = trainer.cfg
+    model = trainer._bare()
+    start = time.perf_counter()
+    # Cached features cannot see augmentation, so the evaluation transform is used for training too.
+    feats = extract_features(model, trainer.train_set, trainer.eval_tf, device=trainer.device,
+                             precision=c["precision"], channels_last=bool(c["channels_last"]))
+    labels = torch.as_tensor(trainer.train_set.targets)
+    head = nn.Linear(feats.shape[1], int(c["num_classes"]))
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    opt = build_optimizer(head, c)
+    total = int(c["steps"])
+    schedule = build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), total)
+    criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
+    sampler = iter(StepSampler(len(labels), int(c["batch_size"]), int(c["seed"]), 0, total))
+    batch = int(c["batch_size"])
+    for step in range(total):
+        set_lr(opt, schedule(step))
+        idx = torch.tensor([next(sampler)[0] for _ in range(batch)])
+        loss = criterion(head(feats[idx]), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if (step + 1) % int(c["log_every"]) == 0 or step + 1 == total:
+            trainer._log({"step": step + 1, "loss": loss.item(), "lr": schedule(step)})
+    with torch.no_grad():
+        model.head.conv.weight.copy_(head.weight[:, :, None, None])
+        model.head.conv.bias.copy_(head.bias)
+    trainer.fit_seconds = time.perf_counter() - start
+    return trainer.finish(None, total)

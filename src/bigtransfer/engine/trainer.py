@@ -1,0 +1,382 @@
+"""The one training loop: BiT fine-tuning, few-shot runs and upstream recipes, single process or DDP."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from ..data.mixup import MixUp
+from ..errors import BitError
+from ..models import ResNetV2, create_model
+from . import config as C
+from .checkpoint import load_latest, save_checkpoint
+from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .ema import ModelEMA
+from .evaluate import autocast, evaluate
+from .optim import build_optimizer, set_lr
+from .resolve import resolve
+from .sampling import SeededTransform, StepSampler
+from .schedules import build_schedule
+
+log = logging.getLogger("bigtransfer")
+
+
+class TrainingDiverged(BitError):
+    """The loss became NaN or infinite."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM arrived; a checkpoint was saved. ``code`` is the exit code to use (128 + signal)."""
+
+    def __init__(self, signum: int, checkpoint: Path | None) -> None:
+        super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}; run again to resume")
+        self.code = 128 + signum
+        self.checkpoint = checkpoint
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: dict
+    model: nn.Module
+    metrics: dict = field(default_factory=dict)
+    steps_done: int = 0
+    summary_line: str = ""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_transforms(cfg: dict):
+    """(train, eval) transforms as the resolved config says."""
+    from ..data import transforms as T
+
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    ra = tuple(cfg["randaugment"]) if cfg.get("randaugment") else None
+    if cfg["transforms"] == "hyperrule":
+        train = T.hyperrule_train(cfg["precrop"], cfg["crop"], mean, std, flip=cfg["flip"], randaugment=ra)
+        evaluation = T.hyperrule_eval(cfg["eval_crop"], mean, std)
+    elif cfg["transforms"] == "recipe":
+        train = T.train_recipe(cfg["crop"], mean, std, scale=tuple(cfg["scale"]), hflip=0.5 if cfg["flip"] else 0.0,
+                               color_jitter=cfg["color_jitter"], randaugment=ra)
+        evaluation = T.eval_recipe(cfg.get("eval_resize") or cfg["eval_crop"], cfg["eval_crop"], mean, std)
+    else:
+        raise BitError(f"unknown transforms '{cfg['transforms']}': use hyperrule or recipe")
+    return train, evaluation
+
+
+def load_data(cfg: dict):
+    """(train set, eval set or None) as the config names them; few-shot when ``shots`` is set."""
+    from ..data import fewshot_split, load_dataset
+
+    if not cfg.get("data"):
+        raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
+    train = load_dataset(cfg["data"], cfg["train_split"], skip_corrupt=cfg["skip_corrupt"])
+    rest = None
+    if cfg.get("shots"):
+        train, rest = fewshot_split(train, int(cfg["shots"]), int(cfg["seed"]))
+    split = cfg.get("eval_split") or "none"
+    if split == "none":
+        return train, None
+    if split == "rest":
+        if rest is None:
+            raise BitError("eval_split 'rest' needs shots (the rest of a few-shot split)")
+        return train, rest
+    return train, load_dataset(cfg["data"], split, skip_corrupt=cfg["skip_corrupt"])
+
+
+def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -> bool:
+    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes)."""
+    saved = run_dir / "config.yaml"
+    if saved.exists():
+        old = yaml.safe_load(saved.read_text()) or {}
+        if C.identity(old) == C.identity(cfg):
+            return True
+        if not overwrite:
+            diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
+            raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
+                           f"use another --out, or --overwrite to replace it")
+        if info.is_main:
+            for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors"):
+                target = run_dir / name
+                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved.write_text(C.dump(cfg))
+    barrier(info)
+    return False
+
+
+class _StopFlag:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self) -> _StopFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # only the main thread may set handlers
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class Trainer:
+    """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``."""
+
+    def __init__(self, cfg: dict, run_dir: str | Path, *, train_set=None, eval_set=None, model: ResNetV2 | None = None,
+                 overwrite: bool = False, quiet: bool = False) -> None:
+        self.device = resolve_device(cfg["device"])
+        self.info = init_distributed(self.device)
+        self.quiet = quiet or not self.info.is_main
+        self.run_dir = Path(run_dir)
+        if train_set is None:
+            train_set, eval_set = load_data(cfg)
+        self.train_set, self.eval_set = train_set, eval_set
+        self.classes = list(train_set.classes)
+        torch.manual_seed(int(cfg["seed"]))
+        if model is None:
+            model = create_model(cfg["model"], pretrained=bool(cfg["pretrained"]),
+                                 num_classes=cfg.get("num_classes") or len(self.classes), weights=cfg.get("weights"))
+        if not cfg.get("zero_head", True) and not cfg["pretrained"]:
+            nn.init.normal_(model.head.conv.weight, std=0.01)
+        self.cfg = resolve(cfg, len(train_set), tuple(train_set.image_size), len(self.classes), model.pretrained_cfg)
+        if self.cfg["num_classes"] != model.num_classes:
+            model.reset_classifier(self.cfg["num_classes"])
+        self.model = model.to(self.device)
+        if self.cfg["channels_last"]:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.resumable = prepare_run_dir(self.run_dir, self.cfg, overwrite, self.info)
+        self.train_tf, self.eval_tf = build_transforms(self.cfg)
+
+    # -- pieces -----------------------------------------------------------------------------------------------
+    def _micro_batch(self) -> int:
+        c = self.cfg
+        per_rank, rem = divmod(int(c["batch_size"]), self.info.world * int(c["batch_split"]))
+        if rem or per_rank < 1:
+            raise BitError(f"batch_size {c['batch_size']} must divide into {self.info.world} processes x "
+                           f"batch_split {c['batch_split']} micro-batches")
+        return per_rank
+
+    def _loader(self, start: int) -> DataLoader:
+        c = self.cfg
+        sampler = StepSampler(len(self.train_set), int(c["batch_size"]), int(c["seed"]), start, int(c["steps"]),
+                              self.info.rank, self.info.world)
+        workers = int(c["workers"])
+        return DataLoader(SeededTransform(self.train_set, self.train_tf), batch_size=self._micro_batch(),
+                          sampler=sampler, num_workers=workers, persistent_workers=False,
+                          prefetch_factor=4 if workers else None)
+
+    def _log(self, row: dict) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    def _trim_metrics(self, step: int) -> None:
+        """Drop metric rows a killed run wrote after its last checkpoint, so resumed curves do not repeat."""
+        path = self.run_dir / "metrics.jsonl"
+        if self.info.is_main and path.exists():
+            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    def _save(self, step: int, opt, scaler, ema) -> Path | None:
+        path = None
+        if self.info.is_main:
+            state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "identity": C.identity(self.cfg)}
+            path = save_checkpoint(self.run_dir / "checkpoints", step, self._bare().state_dict(), state,
+                                   ema.state_dict() if ema else None, keep=int(self.cfg["keep_checkpoints"]))
+        barrier(self.info)
+        return path
+
+    def _bare(self) -> nn.Module:
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def fit(self) -> RunResult:
+        if self.cfg["head_only"]:
+            from .probe import fit_head
+
+            return fit_head(self)
+        c, device = self.cfg, self.device
+        model = self._bare()
+        opt = build_optimizer(model, c)
+        schedule = build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), int(c["steps"]))
+        scaler = torch.amp.GradScaler(device.type) if c["precision"] == "fp16" else None
+        ema = ModelEMA(model, float(c["ema_decay"])) if c.get("ema_decay") else None
+        start = 0
+        found = load_latest(self.run_dir / "checkpoints") if self.resumable else None
+        if found:
+            path, model_state, train_state, ema_state = found
+            model.load_state_dict(model_state)
+            opt.load_state_dict(train_state["optimizer"])
+            if scaler and train_state.get("scaler"):
+                scaler.load_state_dict(train_state["scaler"])
+            if ema and ema_state:
+                ema.load_state_dict(ema_state)
+            start = int(train_state["step"])
+            self._trim_metrics(start)
+            if self.info.is_main:
+                log.info("resuming %s at step %d", path, start)
+        total = int(c["steps"])
+        if self.info.enabled:
+            self.model = DistributedDataParallel(model)
+        split = int(c["batch_split"])
+        criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
+        mixup = MixUp(float(c["mixup"]))
+        last_ckpt = None
+        step = start
+        bar = None
+        if not self.quiet:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total, initial=start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
+        batches = iter(self._loader(start)) if start < total else iter(())
+        tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        self.model.train()
+        with _StopFlag() as stop:
+            while step < total:
+                lr = schedule(step)
+                set_lr(opt, lr)
+                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(c["seed"]), step])
+                                                        .generate_state(1)[0]))
+                lam = mixup.sample(gen)
+                step_loss = torch.zeros((), dtype=torch.float64)
+                for micro in range(split):
+                    x, y = next(batches)
+                    x = x.to(device, non_blocking=True,
+                             memory_format=torch.channels_last if c["channels_last"] else torch.contiguous_format)
+                    y = y.to(device)
+                    sync = micro == split - 1 or not self.info.enabled
+                    ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+                    with ctx:
+                        y_b = y
+                        if mixup.enabled:
+                            x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(x.shape[0], gen))
+                        with autocast(device, c["precision"]):
+                            logits = self.model(x)
+                        loss = mixup.mixed_loss(criterion, logits.float(), y, y_b, lam)
+                        (scaler.scale(loss / split) if scaler else loss / split).backward()
+                    step_loss += loss.detach().double().cpu() / split
+                    seen += x.shape[0]
+                mean_loss = all_reduce_sum(step_loss.clone(), self.info).item() / self.info.world
+                if not math.isfinite(mean_loss):
+                    kept = f"the last good checkpoint {last_ckpt} is kept" if last_ckpt else "no checkpoint was written"
+                    raise TrainingDiverged(f"loss became {mean_loss} at step {step}; {kept}; "
+                                           f"lower the learning rate or use --precision fp32")
+                if c.get("clip_grad_norm"):
+                    if scaler:
+                        scaler.unscale_(opt)
+                    nn.utils.clip_grad_norm_(model.parameters(), float(c["clip_grad_norm"]))
+                if scaler:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                opt.zero_grad(set_to_none=True)
+                if ema:
+                    ema.update(model)
+                step += 1
+                loss_sum, loss_n = loss_sum + mean_loss, loss_n + 1
+                if bar:
+                    bar.update(1)
+                if step % int(c["log_every"]) == 0 or step == total:
+                    elapsed = time.perf_counter() - tick
+                    ips = seen * self.info.world / max(elapsed, 1e-9)
+                    row = {"step": step, "loss": loss_sum / loss_n, "lr": lr, "img_per_s": round(ips, 2)}
+                    self._log(row)
+                    if bar:
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
+                    tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+                if c["save_every"] and step % int(c["save_every"]) == 0 and step < total:
+                    last_ckpt = self._save(step, opt, scaler, ema)
+                if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < total and self.eval_set:
+                    self._log({"step": step, **self._evaluate(ema)})
+                if stop.signum is not None:
+                    ckpt = self._save(step, opt, scaler, ema)
+                    if bar:
+                        bar.close()
+                    raise Interrupted(stop.signum, ckpt)
+        if bar:
+            bar.close()
+        if start < total or not found:
+            self._save(step, opt, scaler, ema)
+        return self.finish(ema, step)
+
+    def _evaluate(self, ema: ModelEMA | None = None) -> dict:
+        net = ema.module if ema else self._bare()
+        c = self.cfg
+        eval_ds = SeededTransform(self.eval_set, self.eval_tf)
+        m = evaluate(net, eval_ds, int(c["num_classes"]), batch_size=max(self._micro_batch(), 64),
+                     workers=int(c["workers"]), device=self.device, precision=c["precision"],
+                     channels_last=bool(c["channels_last"]), info=self.info, classes=self.classes,
+                     progress=not self.quiet)
+        return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
+
+    def finish(self, ema: ModelEMA | None, step: int) -> RunResult:
+        """Write the final weights, evaluate, plot and summarise."""
+        from safetensors.torch import save_file
+
+        from .plots import plot_confusion, plot_training
+
+        net = ema.module if ema else self._bare()
+        result = RunResult(self.run_dir, self.cfg, net, steps_done=step)
+        if self.info.is_main:
+            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+            meta = {"model": str(self.cfg["model"]), "num_classes": str(self.cfg["num_classes"])}
+            from ..weights.common import atomic_write
+
+            atomic_write(self.run_dir / "model.safetensors", lambda p: save_file(state, p, metadata=meta))
+            (self.run_dir / "classes.json").write_text(json.dumps(self.classes))
+        if self.eval_set is not None:
+            m = self._evaluate(ema)
+            full = m.pop("_full")
+            result.metrics = m
+            self._log({"step": step, **m})
+            if self.info.is_main:
+                (self.run_dir / "eval.json").write_text(json.dumps(full, indent=1))
+                if len(self.classes) <= 100:
+                    plot_confusion(full["confusion"], self.classes, self.run_dir / "confusion.png")
+        if self.info.is_main:
+            if (self.run_dir / "metrics.jsonl").exists():
+                plot_training(self.run_dir / "metrics.jsonl", self.run_dir / "training.png")
+            summary = {"model": self.cfg["model"], "steps": step, "n_train": len(self.train_set), **result.metrics}
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        result.summary_line = one_line_summary(self.run_dir, {"model": self.cfg["model"], "steps": step,
+                                                              "n_train": len(self.train_set), **result.metrics})
+        return result
+
+
+def one_line_summary(run_dir: Path, summary: dict) -> str:
+    acc = (f"top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  balanced {summary['balanced_accuracy']:.2f}%"
+           if "top1" in summary else "no evaluation")
+    return f"{run_dir}: {summary['model']}, {summary['steps']} steps on {summary['n_train']} images: {acc}"
+
+
+def train(cfg: dict, run_dir: str | Path, **kwargs) -> RunResult:
+    """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run)."""
+    return Trainer(cfg, run_dir, **kwargs).fit()
