@@ -26,8 +26,9 @@ pytestmark = pytest.mark.slow
 
 STEPS = 24
 BASE = ["finetune", "--model", "BiT-R14x0.5", "--no-pretrained", "--data", "digits", "--eval-split", "none",
-        "--steps", str(STEPS), "--batch-size", "16", "--lr", "0.05", "--workers", "0", "--save-every", "4",
-        "--quiet", "--set", "crop=32", "--set", "precrop=36", "--set", "log_every=4", "--set", "mixup=0.2"]
+        "--steps", str(STEPS), "--batch-size", "16", "--batch-split", "2", "--lr", "0.05", "--workers", "0",
+        "--save-every", "4", "--quiet", "--set", "crop=32", "--set", "precrop=36", "--set", "log_every=4",
+        "--set", "mixup=0.2"]
 
 
 def env() -> dict:
@@ -101,8 +102,9 @@ def test_torchrun_two_processes_equal_one_process(reference, tmp_path):
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not installed")
     out = tmp_path / "ddp"
+    # two processes of 8 images each against one process of two 8-image micro-batches: same global batch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "bigtransfer.cli.main", *BASE, "--out", str(out)]
+           "-m", "bigtransfer.cli.main", *BASE, "--batch-split", "1", "--out", str(out)]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ref, got = weights(reference), weights(out)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from ..data.mixup import MixUp
 from ..errors import BitError
-from ..models import ResNetV2, create_model
+from ..models import ResNetV2, create_model, get_config
 from . import config as C
 from .checkpoint import load_latest, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
@@ -154,6 +154,7 @@ class Trainer:
         self.info = init_distributed(self.device)
         self.quiet = quiet or not self.info.is_main
         self.run_dir = Path(run_dir)
+        get_config(cfg["model"])  # an unknown name fails before any data is read
         if train_set is None:
             train_set, eval_set = load_data(cfg)
         self.train_set, self.eval_set = train_set, eval_set
@@ -203,7 +204,10 @@ class Trainer:
             rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
-    def _save(self, step: int, opt, scaler, ema) -> Path | None:
+    def _save(self, step: int, opt, scaler, ema, last: Path | None = None) -> Path | None:
+        if not all(torch.isfinite(p).all() for p in self._bare().parameters()):
+            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written"
+            raise TrainingDiverged(f"weights became non-finite at step {step}; {kept}; lower the learning rate")
         path = None
         if self.info.is_main:
             state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
@@ -262,9 +266,8 @@ class Trainer:
             while step < total:
                 lr = schedule(step)
                 set_lr(opt, lr)
-                gen = torch.Generator().manual_seed(int(np.random.SeedSequence([int(c["seed"]), step])
-                                                        .generate_state(1)[0]))
-                lam = mixup.sample(gen)
+                seed = int(c["seed"])
+                lam = mixup.sample(_generator(seed, step))
                 step_loss = torch.zeros((), dtype=torch.float64)
                 for micro in range(split):
                     x, y = next(batches)
@@ -276,7 +279,8 @@ class Trainer:
                     with ctx:
                         y_b = y
                         if mixup.enabled:
-                            x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(x.shape[0], gen))
+                            x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(
+                                x.shape[0], _generator(seed, step, self.info.rank * split + micro)))
                         with autocast(device, c["precision"]):
                             logits = self.model(x)
                         loss = mixup.mixed_loss(criterion, logits.float(), y, y_b, lam)
@@ -313,18 +317,18 @@ class Trainer:
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
                     tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
                 if c["save_every"] and step % int(c["save_every"]) == 0 and step < total:
-                    last_ckpt = self._save(step, opt, scaler, ema)
+                    last_ckpt = self._save(step, opt, scaler, ema, last_ckpt)
                 if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < total and self.eval_set:
                     self._log({"step": step, **self._evaluate(ema)})
                 if stop.signum is not None:
-                    ckpt = self._save(step, opt, scaler, ema)
+                    ckpt = self._save(step, opt, scaler, ema, last_ckpt)
                     if bar:
                         bar.close()
                     raise Interrupted(stop.signum, ckpt)
         if bar:
             bar.close()
         if start < total or not found:
-            self._save(step, opt, scaler, ema)
+            self._save(step, opt, scaler, ema, last_ckpt)
         return self.finish(ema, step)
 
     def _evaluate(self, ema: ModelEMA | None = None) -> dict:
@@ -369,6 +373,15 @@ class Trainer:
         result.summary_line = one_line_summary(self.run_dir, {"model": self.cfg["model"], "steps": step,
                                                               "n_train": len(self.train_set), **result.metrics})
         return result
+
+
+def _generator(*key: int) -> torch.Generator:
+    """A generator seeded by (seed, step[, global micro-batch]): the same draws on every rank layout and resume.
+
+    Micro-batch ``m`` of rank ``r`` is global micro-batch ``r * batch_split + m``, so W processes with batch_split 1
+    mix exactly as one process with batch_split W.
+    """
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
 def one_line_summary(run_dir: Path, summary: dict) -> str:
