@@ -372,6 +372,8 @@ class Trainer:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         result.summary_line = one_line_summary(self.run_dir, {"model": self.cfg["model"], "steps": step,
                                                               "n_train": len(self.train_set), **result.metrics})
+        if self.info.is_main:
+            (self.run_dir / "summary.txt").write_text(result.summary_line + "\n")
         return result
 
 
