@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX (dynamic batch), checked against PyTorch",
-                       description="Export a run folder (config.yaml + checkpoints/last/model.safetensors), a "
+                       description="Export a run folder (config.yaml and its final or newest weights), a "
                        "weights file of any supported format, or a pretrained model name to ONNX. The "
                        "weight standardization is baked into plain convolutions.")
     p.add_argument("source", metavar="RUN_OR_CKPT", help="run folder, weights file or model name")

@@ -143,17 +143,16 @@ def create_model(
     (when ``num_classes`` differs from the checkpoint's) starts at zero, as BiT fine-tuning does.
     """
     cfg = get_config(name)
-    head = cfg.num_classes
+    head = num_classes if num_classes is not None else cfg.num_classes
     model = ResNetV2(cfg.block_units, cfg.width_factor, num_classes=head, ws_eps=ws_eps)
+    model.pretrained_cfg = _cfg_dict(replace(cfg, num_classes=head))
     if device is not None:
         model = model.to(device)
     if pretrained or weights:
         from ..weights import load_pretrained
 
+        # A head of another size stays zero-initialised; loaders may set the input mean/std they imply.
         load_pretrained(model, cfg, path=weights)
-    if num_classes is not None and num_classes != model.num_classes:
-        model.reset_classifier(num_classes)
-    model.pretrained_cfg = {**_cfg_dict(replace(cfg, num_classes=model.num_classes))}
     return model
 
 

@@ -9,15 +9,28 @@ from torch import nn
 from ..errors import CheckpointError
 from .common import atomic_write, load_into
 from .npz import is_npz, load_npz, read_npz, save_npz
+from .st import load_safetensors, read_safetensors, save_safetensors
 
 
-def load_checkpoint(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load weights of any supported format into ``model``, detecting the format from the content."""
+def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, ema: bool = False) -> nn.Module:
+    """Load weights of any supported format into ``model``, detecting the format from the content.
+
+    Official ``.npz``; safetensors in our, timm or transformers layout; MindSpore ``.ckpt`` (mindcv; ``ema``
+    takes its EMA copy); a torch state dict in any of those layouts (read with ``weights_only=True``).
+    """
+    from .convert import apply_input_stats, detect_format, read_checkpoint
+    from .mindspore import load_mindspore
+
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; check the path")
-    if is_npz(path):
+    fmt = detect_format(path)
+    if fmt == "npz":
         return load_npz(model, path)
-    raise CheckpointError(f"{path}: unrecognised checkpoint format; expected an official BiT .npz")
+    if fmt == "mindspore":
+        return load_mindspore(model, path, ema=ema)
+    loaded = read_checkpoint(path, ema=ema)
+    load_into(model, loaded.state, str(path))
+    return apply_input_stats(model, loaded)
 
 
 def load_pretrained(model: nn.Module, cfg, path: str | os.PathLike | None = None) -> nn.Module:
@@ -29,4 +42,5 @@ def load_pretrained(model: nn.Module, cfg, path: str | os.PathLike | None = None
     return load_checkpoint(model, fetch_pretrained(cfg))
 
 
-__all__ = ["load_checkpoint", "load_pretrained", "load_npz", "save_npz", "read_npz", "load_into", "atomic_write"]
+__all__ = ["load_checkpoint", "load_pretrained", "load_npz", "save_npz", "read_npz", "load_into", "atomic_write",
+           "save_safetensors", "load_safetensors", "read_safetensors", "is_npz"]

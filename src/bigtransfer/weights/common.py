@@ -56,7 +56,7 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], 
             own[k].copy_(t.to(own[k].dtype))
     if not head_ok and any(k in state for k in HEAD_KEYS):
         got = _shape(state["head.conv.weight"])[0] if "head.conv.weight" in state else "?"
-        log.warning("%s: head has %s classes, model has %d; keeping the new zero-initialised head",
+        log.info("%s: head has %s classes, model has %d; keeping the new zero-initialised head",
                     source, got, _shape(own["head.conv.bias"])[0])
     return loaded
 

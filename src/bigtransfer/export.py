@@ -1,0 +1,174 @@
+"""ONNX export with the standardized weights baked in, checked against PyTorch with onnxruntime."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import BitError, CheckpointError
+from .models.resnetv2 import StdConv2d, standardize
+
+log = logging.getLogger("bigtransfer")
+
+FINAL_WEIGHTS = "model.safetensors"  # what a finished run leaves in its folder (EMA weights when EMA was on)
+LAST_WEIGHTS = Path("checkpoints") / "last" / "model.safetensors"
+_EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold a single file over 2 GB
+
+
+def bake_standardized(model: nn.Module) -> nn.Module:
+    """An eval-mode copy in which every StdConv2d is a plain Conv2d holding its standardized weight."""
+    baked = copy.deepcopy(model).eval()
+    for parent in list(baked.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, StdConv2d):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                 child.padding, child.dilation, child.groups, bias=child.bias is not None)
+                with torch.no_grad():
+                    conv.weight.copy_(standardize(child.weight.float(), child.eps))
+                    if child.bias is not None:
+                        conv.bias.copy_(child.bias)
+                setattr(parent, name, conv)
+    return baked.float()
+
+
+def run_weights(run: Path) -> Path:
+    """The weights of a run folder: its final ``model.safetensors``, else its newest checkpoint's."""
+    candidates = [run / FINAL_WEIGHTS]
+    ckpts = run / "checkpoints"
+    try:
+        latest = (ckpts / "latest").read_text().strip()
+    except OSError:
+        latest = ""
+    named = [ckpts / latest] if latest else []
+    for folder in named + sorted(ckpts.glob("step_*"), reverse=True):
+        candidates += [folder / "ema.safetensors", folder / "model.safetensors"]
+    candidates.append(run / LAST_WEIGHTS)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{run}: no {FINAL_WEIGHTS} and no checkpoint in the run folder; "
+                              f"the run has not saved weights yet")
+    return found
+
+
+def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, int | None]:
+    """A model from a run folder (``config.yaml`` and the run's weights), a weights file of any supported
+    format, or a registered model name (pretrained); also the input size when it is known."""
+    from .models import create_model, get_config
+    from .weights import load_checkpoint
+    from .weights.convert import model_for, read_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        import yaml
+
+        cfg_file = path / "config.yaml"
+        if not cfg_file.is_file():
+            raise CheckpointError(f"{path}: a run folder needs config.yaml; give the run folder or a weights file")
+        with open(cfg_file, encoding="utf-8") as f:
+            run = yaml.safe_load(f) or {}
+        if not isinstance(run, dict):
+            raise CheckpointError(f"{cfg_file}: not a run configuration (expected a mapping)")
+        name = model_name or run.get("model")
+        if not name:
+            raise CheckpointError(f"{cfg_file}: no 'model' entry; pass --model NAME")
+        weights = run_weights(path)
+        model = create_model(str(name))
+        if run.get("num_classes") and int(run["num_classes"]) != model.num_classes:
+            model.reset_classifier(int(run["num_classes"]))  # before loading, so the run's head is kept
+        load_checkpoint(model, weights)
+        model.pretrained_cfg["num_classes"] = model.num_classes
+        size = run.get("eval_crop") or run.get("crop") or run.get("input_size") or get_config(str(name)).input_size
+        return model, int(size) if size else None
+    if path.is_file():
+        model = model_for(read_checkpoint(path), model_name, str(path))
+        return model, model.pretrained_cfg.get("input_size")
+    if model_name is None:
+        cfg = get_config(str(source))  # unknown names raise UnknownNameError with a suggestion
+        return create_model(cfg.name, pretrained=True), cfg.input_size
+    raise CheckpointError(f"{source}: no such file or run folder; check the path")
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """The exporter's graph passes log every rewrite at INFO; keep them out of the user's console."""
+    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, opset: int = 18,
+                check: bool = True, dynamo: bool = True, atol: float = 1e-4) -> float | None:
+    """Write ``model`` as ONNX with a dynamic batch axis; returns onnxruntime's max |logit diff| vs PyTorch.
+
+    The file is written next to ``path`` first and moved into place only when complete (and, with
+    ``check``, only when onnxruntime's logits are within ``atol`` of PyTorch's).
+    """
+    path = Path(path)
+    model = model.eval()
+    baked = bake_standardized(model)
+    example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+    external = sum(p.numel() * 4 for p in baked.parameters()) > _EXTERNAL_DATA_BYTES
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        tmp = tmpdir / path.name  # same base name, so external data keeps its reference when moved
+        with _quiet_exporter():
+            if dynamo:
+                torch.onnx.export(baked, (example,), str(tmp), dynamo=True, input_names=["input"],
+                                  output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
+                                  opset_version=opset, external_data=external, verbose=False)
+            else:
+                torch.onnx.export(baked, (example,), str(tmp), dynamo=False, input_names=["input"],
+                                  output_names=["logits"], opset_version=min(opset, 17),
+                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        diff = check_onnx(model, tmp, size, atol=atol) if check else None
+        for f in sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name):  # the .onnx itself last
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return diff
+
+
+def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, size: int, atol: float = 1e-4) -> float | None:
+    """Max |logit diff| between onnxruntime and PyTorch at batch 1 and 3; raises past ``atol``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        log.warning("onnxruntime is not installed; the exported file was not checked")
+        return None
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    g = torch.Generator().manual_seed(1)
+    for batch in (1, 3):
+        x = torch.randn(batch, 3, size, size, generator=g)
+        with torch.no_grad():
+            want = model.eval()(x).float().numpy()
+        got = session.run(None, {name: x.numpy()})[0]
+        if got.shape != want.shape:
+            raise BitError(f"ONNX output shape {got.shape} differs from PyTorch's {want.shape}")
+        worst = max(worst, float(np.abs(got - want).max()))
+    if worst > atol:
+        raise BitError(f"ONNX logits differ from PyTorch by {worst:.2e} (> {atol:g}); the export was not written")
+    return worst
+
+
+__all__ = ["export_onnx", "bake_standardized", "check_onnx", "load_run_or_checkpoint"]
