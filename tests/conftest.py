@@ -36,3 +36,16 @@ def timm_r101():
 @pytest.fixture(scope="session")
 def image_batch():
     return torch.randn(2, 3, 128, 128, generator=torch.Generator().manual_seed(42))
+
+
+def randomized(name: str = "BiT-R14x0.5", num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
+    """A registry model with seeded weights and non-default norms and head, in eval mode."""
+    import bigtransfer as bt
+
+    torch.manual_seed(seed)
+    model = bt.create_model(name, num_classes=num_classes)
+    with torch.no_grad():
+        for k, p in model.named_parameters():
+            if p.ndim == 1 or k.startswith("head"):
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if k.endswith("weight") and ".gn" in k else 0.0))
+    return model.eval()

@@ -13,16 +13,7 @@ from bigtransfer.export import bake_standardized, export_onnx
 from bigtransfer.models import StdConv2d
 from bigtransfer.weights import read_npz, save_npz, save_safetensors
 from bigtransfer.weights.convert import detect_format, infer_architecture, read_checkpoint, write_checkpoint
-
-
-def randomized(name: str = "BiT-R14x0.5", num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = bt.create_model(name, num_classes=num_classes)
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            if p.ndim == 1 or k.startswith("head"):
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if k.endswith("weight") and ".gn" in k else 0.0))
-    return model.eval()
+from conftest import randomized
 
 
 @pytest.fixture()

@@ -14,6 +14,7 @@ from bigtransfer.errors import CheckpointError
 from bigtransfer.models.registry import IMAGENET_MEAN, IMAGENET_STD
 from bigtransfer.weights import load_checkpoint
 from bigtransfer.weights.mindspore import encode_value, read_ckpt, save_mindspore, to_mindcv_key
+from conftest import randomized
 
 # --- a test-side encoder, spelled out from checkpoint.proto independently of the library ------------
 
@@ -63,16 +64,6 @@ def mindcv_name(key: str) -> str:
     if mod.startswith("gn"):
         return f"layer{block}.{unit}.{mod}.{gb[p[4]]}"
     return f"layer{block}.{unit}.{mod}.weight"
-
-
-def randomized(name: str = "BiT-R14x0.5", num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = bt.create_model(name, num_classes=num_classes)
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            if p.ndim == 1 or k.startswith("head"):
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if k.endswith("weight") and ".gn" in k else 0.0))
-    return model.eval()
 
 
 def ckpt_bytes(model: torch.nn.Module, dtype=np.float32, extra: bytes = b"") -> bytes:
