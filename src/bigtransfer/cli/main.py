@@ -29,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(e: BaseException) -> str:
+    """The message of ``e`` on one line (a library's multi-line text is joined with '; ')."""
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``bit``; a user error prints one line and returns 2 (tracebacks only with ``--debug``)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -39,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except BitError as e:
         if args.debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gzip
+import math
+import struct
 import zlib
 from pathlib import Path
 
@@ -14,23 +16,63 @@ from ..errors import DataError
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+MAX_GZIP_RATIO = 1032  # deflate expands data by at most about 1032:1
+CHUNK = 1 << 24
+
+
 def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in IDX file ``path`` (``.gz`` is decompressed); native byte order."""
+    """The array stored in IDX file ``path`` (``.gz`` is decompressed); native byte order.
+
+    The header's shape is checked against what the file can hold before the data is read, and a ``.gz`` is
+    decompressed in chunks up to the announced size only, so a damaged file cannot exhaust memory.
+    """
     path = Path(path)
     try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                head = f.read(4)
+                header = _check_magic(path, head)
+                dims = f.read(header - 4)
+                shape, dtype, expected = _layout(path, head + dims, header)
+                if expected > path.stat().st_size * MAX_GZIP_RATIO:
+                    raise DataError(f"{path}: the header announces {expected} data bytes for shape {shape}, more "
+                                    f"than a {path.stat().st_size}-byte .gz can hold; the file is corrupt")
+                data = _read_at_most(f, expected + 1)
+        else:
+            raw = path.read_bytes()
+            header = _check_magic(path, raw[:4])
+            shape, dtype, expected = _layout(path, raw, header)
+            data = memoryview(raw)[header:]
     except (OSError, EOFError, zlib.error) as e:
         raise DataError(f"{path}: cannot read ({type(e).__name__}: {e}); the file is corrupt or truncated") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES:
+    if len(data) != expected:
+        raise DataError(f"{path}: holds {len(data)} data bytes, the header announces {expected} for shape "
+                        f"{shape}; the file is truncated or corrupt")
+    return np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _check_magic(path: Path, head: bytes) -> int:
+    """The header length, after checking the magic number."""
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in IDX_TYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
+    return 4 + 4 * head[3]
+
+
+def _layout(path: Path, raw: bytes, header: int) -> tuple[tuple[int, ...], np.dtype, int]:
+    """(shape, dtype, data bytes) the header announces; exact integers, so no product can overflow."""
     if len(raw) < header:
         raise DataError(f"{path}: truncated header; download the file again")
-    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    shape = struct.unpack(f">{raw[3]}I", raw[4:header])
     dtype = np.dtype(IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise DataError(f"{path}: holds {len(raw) - header} data bytes, the header announces {expected} for shape "
-                        f"{shape}; the file is truncated or corrupt")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+    return shape, dtype, math.prod(shape) * dtype.itemsize
+
+
+def _read_at_most(f, limit: int) -> bytes:
+    chunks, got = [], 0
+    while got < limit:
+        chunk = f.read(min(CHUNK, limit - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)

@@ -34,7 +34,7 @@ def decode_image(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             return _to_rgb(ImageOps.exif_transpose(img))
     except Exception as e:  # Pillow signals bad files with many exception types
-        raise DataError(f"cannot read image '{path}': {type(e).__name__}: {e}; "
+        raise DataError(f"cannot read image '{path}': {type(e).__name__}: {' '.join(str(e).split())}; "
                         f"delete or replace it, or pass skip_corrupt=True (--skip-corrupt)") from None
 
 

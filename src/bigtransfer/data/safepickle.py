@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,23 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 from ..errors import DataError
 
+
+def _empty_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """numpy's ``_reconstruct`` for the empty placeholder every ndarray pickle starts from, and nothing bigger.
+
+    ``__setstate__`` then sets the real shape and checks it against the bytes present, so a file can no longer
+    make the reader allocate an array far larger than itself.
+    """
+    if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(shape) != 0:
+        raise pickle.UnpicklingError(f"refused to load an array placeholder of shape {shape!r} "
+                                     f"(numpy writes an empty one)")
+    return _reconstruct(subtype, shape, dtype)
+
+
 # The only globals an ndarray pickle needs (protocols 0-4), under both numpy 1.x and 2.x module names.
 ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "_reconstruct"): _empty_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _empty_reconstruct,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
@@ -42,8 +56,12 @@ def load_pickle(path: Path) -> Any:
         return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if "refused" in str(e):
-            raise DataError(f"{path}: {e}; the file is not a plain data pickle and was not loaded") from None
-        raise DataError(f"{path}: corrupt or truncated pickle ({e}); download the data set again") from None
-    except (EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError, MemoryError) as e:
-        raise DataError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {e}); "
+            raise DataError(f"{path}: {_one_line(e)}; the file is not a plain data pickle and was not loaded") from None
+        raise DataError(f"{path}: corrupt or truncated pickle ({_one_line(e)}); download the data set again") from None
+    except Exception as e:  # a damaged stream raises many types (EOFError, OverflowError, MemoryError...)
+        raise DataError(f"{path}: corrupt or truncated pickle ({type(e).__name__}: {_one_line(e)}); "
                         f"download the data set again") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]

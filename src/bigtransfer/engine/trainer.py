@@ -22,9 +22,10 @@ from torch.utils.data import DataLoader
 from ..data.mixup import MixUp
 from ..errors import BitError
 from ..models import ResNetV2, create_model, get_config
+from ..weights.common import atomic_write
 from . import config as C
 from .checkpoint import load_latest, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, init_distributed
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .ema import ModelEMA
 from .evaluate import autocast, evaluate
 from .optim import build_optimizer, set_lr
@@ -59,9 +60,19 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; a device that does not exist here is one clear error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise BitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BitError(f"device '{name}' asked for, but no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise BitError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s), "
+                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
 
 
 def build_transforms(cfg: dict):
@@ -90,8 +101,13 @@ def load_data(cfg: dict):
         raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
     train = load_dataset(cfg["data"], cfg["train_split"], skip_corrupt=cfg["skip_corrupt"])
     rest = None
-    if cfg.get("shots"):
-        train, rest = fewshot_split(train, int(cfg["shots"]), int(cfg["seed"]))
+    if cfg.get("shots") is not None:
+        shots, seed = cfg["shots"], cfg["seed"]
+        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
+            raise BitError(f"shots must be a positive number of examples per class, got {shots!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise BitError(f"seed must be an integer, got {seed!r}")
+        train, rest = fewshot_split(train, shots, seed)
     split = cfg.get("eval_split") or "none"
     if split == "none":
         return train, None
@@ -103,24 +119,43 @@ def load_data(cfg: dict):
 
 
 def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -> bool:
-    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes)."""
+    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes).
+
+    Rank 0 decides and tells the others, so every rank takes the same branch and the same collectives.
+    """
+    outcome: tuple[bool, str | None] = (False, None)
+    if info.is_main:
+        try:
+            outcome = (_prepare_run_dir(run_dir, cfg, overwrite), None)
+        except BitError as e:
+            outcome = (False, str(e))
+    resumable, error = broadcast_object(outcome, info)
+    if error:
+        raise BitError(error)
+    return resumable
+
+
+def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BitError(f"--out {run_dir} is a file, not a folder; choose another --out")
     saved = run_dir / "config.yaml"
     if saved.exists():
-        old = yaml.safe_load(saved.read_text()) or {}
+        try:
+            old = yaml.safe_load(saved.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None
+        old = old if isinstance(old, dict) else {}  # an unreadable config.yaml counts as another run
         if C.identity(old) == C.identity(cfg):
             return True
         if not overwrite:
             diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
             raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
                            f"use another --out, or --overwrite to replace it")
-        if info.is_main:
-            for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors"):
-                target = run_dir / name
-                shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(C.dump(cfg))
-    barrier(info)
+        for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors"):
+            target = run_dir / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(saved, lambda tmp: Path(tmp).write_text(C.dump(cfg)))
     return False
 
 

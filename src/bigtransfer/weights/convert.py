@@ -90,11 +90,14 @@ def _read_torch(path: str) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a refused class: a damaged pickle stream
+            raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint (the pickle stream is damaged); "
+                                  f"re-download or re-save it") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(e))
         what = f" (it references {found.group(1)})" if found else ""
         raise CheckpointError(f"{path}: holds Python objects besides tensors{what}, which are refused for safety; "
                               f"re-save it as a plain state dict of tensors or as safetensors") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
+    except Exception as e:  # torch.load reports a damaged file with many exception types
         raise CheckpointError(f"{path}: corrupt or truncated torch checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:120] if str(e) else ''}); re-download or re-save it") from None
     for _ in range(2):  # unwrap {"state_dict": {...}} and the like

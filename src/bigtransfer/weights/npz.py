@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
+from numpy.lib import format as npy_format
 from torch import nn
 
 from ..errors import CheckpointError
@@ -48,21 +50,69 @@ def _to_tf_layout(arr: np.ndarray) -> np.ndarray:
     return arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr  # OIHW -> HWIO
 
 
+MAX_DEFLATE_RATIO = 1032  # deflate expands data by at most about 1032:1
+
+
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` without unpickling anything."""
+    """Read every array of an ``.npz`` without unpickling anything.
+
+    Each member's ``.npy`` header is checked against the member's size first, so a header claiming a huge
+    array is refused before anything is allocated.
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such file; check the path")
+    try:
+        _check_members(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # zipfile and numpy report damage with many types (BadZipFile, zlib.error, TokenError...)
+        raise CheckpointError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {_first_line(e)}); "
+                              f"re-download it") from None
     try:
         with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in f.files}
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; check the path") from None
     except ValueError as e:
         if "allow_pickle" in str(e) or "Object arrays" in str(e):
             raise CheckpointError(f"{path}: holds pickled object arrays, which are refused for safety; "
                                   f"use a plain numeric .npz") from None
-        raise CheckpointError(f"{path}: not a readable .npz ({e}); re-download or re-export it") from None
-    except (zipfile.BadZipFile, OSError, EOFError, KeyError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e}); "
+        raise CheckpointError(f"{path}: not a readable .npz ({_first_line(e)}); re-download or re-export it") from None
+    except Exception as e:  # as above; the headers were checked, so this is damaged data
+        raise CheckpointError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {_first_line(e)}); "
                               f"re-download it") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _check_members(path: str | os.PathLike) -> None:
+    """Every member is a ``.npy`` whose announced shape and dtype fit in the member's bytes."""
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            name = info.filename
+            if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                raise CheckpointError(f"{path}: member '{name}' uses zip compression method {info.compress_type}; "
+                                      f"an .npz holds stored or deflated .npy files only")
+            if not name.endswith(".npy"):
+                raise CheckpointError(f"{path}: member '{name}' is not a .npy array; the file is not a weights .npz")
+            ratio_ok = (info.file_size == info.compress_size if info.compress_type == zipfile.ZIP_STORED
+                        else info.file_size <= MAX_DEFLATE_RATIO * info.compress_size + 64)
+            if not ratio_ok:
+                raise CheckpointError(f"{path}: member '{name}' claims {info.file_size} bytes from "
+                                      f"{info.compress_size} stored; the zip directory is corrupt")
+            with z.open(info) as f:
+                version = npy_format.read_magic(f)
+                read_header = npy_format.read_array_header_1_0 if version == (1, 0) else \
+                    npy_format.read_array_header_2_0
+                shape, _, dtype = read_header(f)
+                if dtype.hasobject:
+                    continue  # np.load refuses these with its own message (no pickles are loaded)
+                need = math.prod(shape) * dtype.itemsize
+                held = info.file_size - f.tell()
+            if need > held:
+                raise CheckpointError(f"{path}: array '{name[:-4]}' claims shape {tuple(shape)} of {dtype} "
+                                      f"({need} bytes) but holds {held} bytes; the file is corrupt or truncated")
 
 
 def npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, source: str = "npz") -> dict:
