@@ -1,0 +1,281 @@
+"""Fast paths: standardize-once gradients, prepared inference modes, per-stage layouts, compile fallback."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import bigtransfer as bt
+from bigtransfer.errors import BitError
+from bigtransfer.models import PreActBottleneck, StdConv2d, standardize
+from bigtransfer.models.fast import (
+    INFERENCE_MODES,
+    prepare_for_inference,
+    remove_fast_layouts,
+    standardize_once,
+    use_fast_layouts,
+)
+from bigtransfer.weights.timm import load_timm_state
+
+
+def small_model(seed: int = 0, name: str = "BiT-R26x0.5") -> bt.ResNetV2:
+    torch.manual_seed(seed)
+    model = bt.create_model(name, num_classes=5)
+    torch.nn.init.normal_(model.head.conv.weight, std=0.1)  # a zero head would hide every difference
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.GroupNorm):
+                m.weight.normal_(1.0, 0.1)
+                m.bias.normal_(0.0, 0.1)
+    return model
+
+
+def micro_batches(n: int = 3, size: int = 32, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(4, 3, size, size, generator=g), torch.randint(0, 5, (4,), generator=g)) for _ in range(n)]
+
+
+def accumulate(model: torch.nn.Module, batches, bf16: bool = False) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(model(x), y) / len(batches)
+        loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def max_rel_err(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(((a[k] - b[k]).norm() / b[k].norm()).item() for k in a if b[k].norm() > 0)
+
+
+# --------------------------------------------------------------------------------------- standardize_once
+@pytest.mark.parametrize("bf16", [False, True])
+def test_standardize_once_gradients_equal_the_per_micro_batch_path(bf16):
+    model = small_model().train()
+    batches = micro_batches()
+    plain = accumulate(model, batches, bf16)
+    model.zero_grad(set_to_none=True)
+    with standardize_once(model):
+        for x, y in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = F.cross_entropy(model(x), y) / len(batches)
+            loss.backward()
+    once = {n: p.grad.clone() for n, p in model.named_parameters()}
+    assert all(v.abs().sum() > 0 for v in plain.values())  # every parameter gets a gradient
+    assert max_rel_err(once, plain) < 1e-6
+
+
+def test_standardize_once_standardizes_once_per_step(monkeypatch):
+    import bigtransfer.models.resnetv2 as resnetv2
+
+    calls = []
+    real = resnetv2.standardize
+    monkeypatch.setattr(resnetv2, "standardize", lambda w, eps: calls.append(1) or real(w, eps))
+    model = small_model().train()
+    n_convs = sum(isinstance(m, StdConv2d) for m in model.modules())
+    with standardize_once(model):
+        for x, y in micro_batches(4):
+            F.cross_entropy(model(x), y).backward()
+    assert calls == []  # no per-micro-batch standardization inside the block
+    calls.clear()
+    x, y = micro_batches(1)[0]
+    F.cross_entropy(model(x), y).backward()
+    assert len(calls) == n_convs  # the plain path standardizes on every forward
+
+
+def test_standardize_once_then_optimizer_step_matches_plain_training():
+    a, b = small_model(), small_model()
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
+    for step in range(2):
+        batches = micro_batches(2, seed=10 + step)
+        accumulate(a, batches)
+        opt_a.step()
+        b.zero_grad(set_to_none=True)
+        with standardize_once(b):
+            for x, y in batches:
+                (F.cross_entropy(b(x), y) / len(batches)).backward()
+        opt_b.step()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, rtol=1e-5, atol=1e-6), name
+
+
+def test_standardize_once_cleans_up_and_refuses_nesting():
+    model = small_model().train()
+    conv = model.root.conv
+    with pytest.raises(ValueError, match="boom"), standardize_once(model):
+        assert conv._once is not None and conv._once.is_leaf and conv._once.requires_grad
+        raise ValueError("boom")
+    assert conv._once is None and conv.weight.grad is None  # nothing half-applied
+    with standardize_once(model), pytest.raises(RuntimeError, match="already active"), standardize_once(model):
+        pass
+    with standardize_once(model):  # a block without backward leaves no gradient
+        pass
+    assert conv.weight.grad is None
+
+
+def test_standardize_once_skips_frozen_weights():
+    model = small_model().train()
+    model.root.conv.weight.requires_grad_(False)
+    with standardize_once(model):
+        x, y = micro_batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+    assert model.root.conv._once is None and model.root.conv.weight.grad is None
+    assert model.body.block1.unit01.conv1.weight.grad is not None
+
+
+# ---------------------------------------------------------------------------- weight standardization
+def test_standardize_matches_the_definition_with_gradients():
+    w = torch.randn(16, 8, 3, 3, dtype=torch.float64, requires_grad=True)
+    var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    want = (w - mean) / torch.sqrt(var + 1e-10)
+    got = standardize(w, 1e-10)
+    g = torch.randn_like(w)
+    assert torch.allclose(got, want, atol=1e-12)
+    assert torch.allclose(torch.autograd.grad(got, w, g)[0], torch.autograd.grad(want, w, g)[0], atol=1e-10)
+    cl = w.detach().contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(standardize(cl, 1e-10), want, atol=1e-12)
+
+
+def test_training_gradients_equal_timm(timm_r50):
+    """In-place ReLU and residual add must not change any gradient."""
+    ref = copy.deepcopy(timm_r50).train()
+    ours = load_timm_state(bt.create_model("BiT-M-R50x1-ILSVRC2012", ws_eps=1e-8), ref.state_dict()).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([1, 2])
+    F.cross_entropy(ref(x), y).backward()
+    F.cross_entropy(ours(x), y).backward()
+    from bigtransfer.weights.timm import to_timm_key
+
+    ref_grads = dict(ref.named_parameters())
+    for name, p in ours.named_parameters():
+        want = ref_grads[to_timm_key(name)].grad
+        assert (p.grad - want).norm() <= 1e-4 * want.norm() + 1e-7, name
+
+
+# ------------------------------------------------------------------------------------- inference modes
+@pytest.mark.parametrize("mode", INFERENCE_MODES)
+def test_every_inference_mode_gives_fp32_logits_close_to_fp32(mode):
+    model = small_model()
+    x = torch.randn(6, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = copy.deepcopy(model).eval()(x)
+    prepared = prepare_for_inference(model, mode)
+    got = prepared(x)
+    assert got.dtype == torch.float32 and got.shape == (6, 5) and not got.requires_grad
+    assert not model.training
+    # channels_last changes only the summation order; bf16 rounds to 8 bits of mantissa.
+    tol = 1e-4 if mode in ("fp32", "channels_last") else 0.1 * want.abs().max().item()
+    assert (got - want).abs().max().item() < tol
+    if mode == "fp32":
+        assert torch.equal(got, want)
+
+
+def test_unknown_inference_mode_is_a_clear_error():
+    with pytest.raises(BitError, match="unknown inference mode 'fast'.*fastest"):
+        prepare_for_inference(small_model(), "fast")
+
+
+def test_prepared_model_keeps_state_dict_keys_and_tracks_weight_changes():
+    model = small_model()
+    keys = list(model.state_dict())
+    prepared = prepare_for_inference(model, "fastest")
+    assert list(model.state_dict()) == keys
+    assert list(prepared.state_dict()) == [f"model.{k}" for k in keys]
+    x = torch.randn(2, 3, 32, 32)
+    before = prepared(x)
+    with torch.no_grad():
+        model.body.block1.unit01.conv1.weight.mul_(-1.0)  # in place: the cached weight must follow
+    after = prepared(x)
+    assert not torch.equal(after, before)
+    assert torch.equal(after, prepare_for_inference(copy.deepcopy(model), "fastest")(x))
+
+
+def test_frozen_weight_is_cached_in_the_autocast_dtype():
+    model = small_model().eval()
+    conv = model.body.block2.unit01.conv2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert conv._frozen.dtype == torch.bfloat16
+    assert torch.equal(conv._frozen, standardize(conv.weight.detach(), conv.eps).bfloat16())
+    with torch.no_grad():
+        model(x)
+    assert conv._frozen.dtype == torch.float32
+
+
+def test_compile_falls_back_to_eager_without_a_compiler():
+    import torch._inductor.config as inductor_config
+
+    model = small_model(name="BiT-R14x0.5")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = copy.deepcopy(model).eval()(x)
+    torch._dynamo.reset()
+    try:
+        with inductor_config.patch({"cpp.cxx": ("/nonexistent/c++",), "fx_graph_cache": False}):
+            prepared = prepare_for_inference(model, "fp32", compile=True)
+            assert prepared.compiled
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                got = prepared(x)
+    finally:
+        torch._dynamo.reset()
+    assert not prepared.compiled
+    assert any("running eagerly" in str(w.message) for w in caught)
+    assert torch.equal(got, want)
+
+
+def test_compile_falls_back_when_torch_compile_itself_fails(monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("dynamo is not supported on this Python")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="running eagerly"):
+        prepared = prepare_for_inference(small_model(), "fp32", compile=True)
+    assert not prepared.compiled and prepared(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+# -------------------------------------------------------------------------------------------- layouts
+def layouts_seen(model: torch.nn.Module, x: torch.Tensor) -> list[bool]:
+    seen = []
+    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
+        memory_format=torch.channels_last) and not a[0].is_contiguous()), prepend=False)
+        for m in model.modules() if isinstance(m, PreActBottleneck)]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_fast_layouts_pick_channels_last_only_for_large_maps_in_inference():
+    model = use_fast_layouts(small_model()).eval()
+    x = torch.randn(2, 3, 128, 128)  # unit inputs: 32x32 (block 1, unit 1 of block 2), then smaller
+    with torch.no_grad():
+        seen = layouts_seen(model, x)
+    assert seen[:3] == [True, True, True] and not any(seen[3:])
+    model.train()
+    assert not any(layouts_seen(model, x))  # training: NCHW, where GroupNorm's backward is fast
+
+
+def test_fast_layouts_keep_logits_and_gradients():
+    plain, fast = small_model(), use_fast_layouts(small_model())
+    use_fast_layouts(fast)  # idempotent
+    assert len(fast._layout_hooks) == 1 + sum(isinstance(m, PreActBottleneck) for m in fast.modules())
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert (fast.eval()(x) - plain.eval()(x)).abs().max() < 1e-4
+    batches = micro_batches(1, size=64)
+    assert max_rel_err(accumulate(fast.train(), batches), accumulate(plain.train(), batches)) < 1e-4
+    remove_fast_layouts(fast)
+    assert not fast._layout_hooks
+    with torch.no_grad():
+        assert not any(layouts_seen(fast.eval(), x))
