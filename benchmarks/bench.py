@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from tqdm import tqdm
 
 import bigtransfer as bt
-from bigtransfer.models.fast import bf16_supported, prepare_for_inference, use_fast_path
+from bigtransfer.models.fast import InferenceModel, bf16_supported, prepare_for_inference, use_fast_path
 from bigtransfer.weights.timm import load_timm_state
 
 TIMM_EPS = 1e-8  # timm's weight-standardization epsilon, so both models compute the same function
@@ -85,18 +85,25 @@ def infer_fn(model: torch.nn.Module, x: torch.Tensor, mode: str) -> Callable[[],
     return run
 
 
-def fastest_infer_fn(model: torch.nn.Module, x: torch.Tensor, compile: bool = False) -> Callable[[], torch.Tensor]:
+def fastest_infer_fn(model: torch.nn.Module, x: torch.Tensor, compile: bool = False,
+                     fp32: bool = False) -> Callable[[], torch.Tensor]:
+    """``prepare_for_inference(model, "fastest")``; with ``fp32`` the same path without bf16."""
     prepared = prepare_for_inference(model, "fastest", compile=compile)
+    if fp32:
+        prepared = InferenceModel(prepared.model, "fastest", bf16=False)
     return lambda: prepared(x)
 
 
 def train_fn(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, mode: str,
              fastest: bool = False) -> Callable[[], None]:
-    """One fine-tuning step (forward, cross-entropy, backward, SGD with momentum) per call."""
+    """One fine-tuning step (forward, cross-entropy, backward, SGD with momentum) per call.
+
+    ``fastest``: :func:`use_fast_path` with bf16 autocast where native (``mode`` "fp32" forces fp32).
+    """
     model.train()
     if fastest:
         use_fast_path(model)
-        mode = "bf16" if bf16_supported() else "fp32"
+        mode = "bf16" if bf16_supported() and mode != "fp32" else "fp32"
     else:
         in_mode(model, mode)
         x = mode_input(x, mode)
@@ -355,6 +362,9 @@ def inference_cases(ref, ours, x, gflop, threads, with_onnx, compile, modes=MODE
             cases.append(Case("ours", mode, infer_fn(copy.deepcopy(ours), x, mode), n, gflop, "bf16" in mode))
     bf16 = bf16_supported()
     cases.append(Case("ours", "fastest", fastest_infer_fn(copy.deepcopy(ours), x), n, gflop, bf16))
+    if bf16 and modes == MODES:
+        cases.append(Case("ours", "fast path fp32", fastest_infer_fn(copy.deepcopy(ours), x, fp32=True), n, gflop,
+                          False))
     if compile:
         cases.append(Case("ours", "fastest+compile", fastest_infer_fn(copy.deepcopy(ours), x, True), n, gflop, bf16))
     if with_onnx:
@@ -373,6 +383,9 @@ def training_cases(ref, ours, x, y, gflop) -> list[Case]:
         cases.append(Case("ours", mode, train_fn(copy.deepcopy(ours), x, y, mode), n, gflop, "bf16" in mode))
     cases.append(Case("ours", "fastest", train_fn(copy.deepcopy(ours), x, y, "", fastest=True), n, gflop,
                       bf16_supported()))
+    if bf16_supported():
+        cases.append(Case("ours", "fast path fp32", train_fn(copy.deepcopy(ours), x, y, "fp32", fastest=True), n,
+                          gflop, False))
     return cases
 
 

@@ -11,13 +11,14 @@ import torch.nn.functional as F
 
 import bigtransfer as bt
 from bigtransfer.errors import BitError
-from bigtransfer.models import PreActBottleneck, StdConv2d, standardize
+from bigtransfer.models import PreActBottleneck, StdConv2d, kernels, standardize
 from bigtransfer.models.fast import (
     INFERENCE_MODES,
+    fast_path_kind,
     prepare_for_inference,
-    remove_fast_layouts,
+    remove_fast_path,
     standardize_once,
-    use_fast_layouts,
+    use_fast_path,
 )
 from bigtransfer.weights.timm import load_timm_state
 
@@ -143,7 +144,7 @@ def test_standardize_matches_the_definition_with_gradients():
 
 
 def test_training_gradients_equal_timm(timm_r50):
-    """In-place ReLU and residual add must not change any gradient."""
+    """In-place ReLU and residual add change no gradient."""
     ref = copy.deepcopy(timm_r50).train()
     ours = load_timm_state(bt.create_model("BiT-M-R50x1-ILSVRC2012", ws_eps=1e-8), ref.state_dict()).train()
     x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -241,11 +242,62 @@ def test_compile_falls_back_when_torch_compile_itself_fails(monkeypatch):
     assert not prepared.compiled and prepared(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
-# -------------------------------------------------------------------------------------------- layouts
+# ---------------------------------------------------------------------------------- fast path, kernel
+@pytest.fixture(scope="module")
+def kernel():
+    if kernels.load() is None:
+        pytest.skip("the fused GroupNorm+ReLU kernel cannot be built here (no C++ compiler?)")
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 64, 32, 32), (2, 96, 5, 7), (1, 512, 4, 4), (4, 256, 1, 1)])
+def test_fused_gn_relu_matches_pytorch(kernel, dtype, shape):
+    g = torch.Generator().manual_seed(sum(shape))
+    norm = torch.nn.GroupNorm(32, shape[1])
+    with torch.no_grad():
+        norm.weight.copy_(1 + 0.1 * torch.randn(shape[1], generator=g))
+        norm.bias.copy_(0.1 * torch.randn(shape[1], generator=g))
+    x = (3.0 + 2.0 * torch.randn(shape, generator=g)).to(dtype)  # an offset mean: cancellation must not hurt
+    dy = torch.randn(shape, generator=g).to(dtype)
+    xc = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = kernel.gn_relu(norm, xc)
+    got = (y, *torch.autograd.grad(y, (xc, norm.weight, norm.bias), dy.contiguous(memory_format=torch.channels_last)))
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    # float64 reference; bf16 results are compared after the same final rounding
+    x64 = x.double().requires_grad_()
+    w64, b64 = norm.weight.detach().double().requires_grad_(), norm.bias.detach().double().requires_grad_()
+    y64 = F.relu(F.group_norm(x64, 32, w64, b64, norm.eps))
+    want = (y64, *torch.autograd.grad(y64, (x64, w64, b64), dy.double()))
+    tol = 1e-6 if dtype == torch.float32 else 1e-2  # bf16 outputs carry 8 mantissa bits
+    for name, a, b in zip(("y", "dx", "dgamma", "dbeta"), got, want, strict=True):
+        assert ((a.double() - b).abs().max() / b.abs().max()).item() < tol, name
+
+
+def test_fused_gn_relu_falls_back_outside_its_domain(kernel):
+    norm = torch.nn.GroupNorm(32, 64)
+    x = torch.randn(2, 64, 8, 8)
+    assert not kernel.fits(norm, x)  # NCHW: PyTorch's own kernel is fast there
+    assert torch.equal(kernel.gn_relu(norm, x), F.relu(norm(x)))
+    assert kernel.fits(norm, x.contiguous(memory_format=torch.channels_last))
+    assert not kernel.fits(norm, x.double().contiguous(memory_format=torch.channels_last))
+
+
+def test_kernel_can_be_disabled(monkeypatch):
+    monkeypatch.setattr(kernels, "_module", None)
+    monkeypatch.setattr(kernels, "_failed", False)
+    monkeypatch.setenv("BIGTRANSFER_NO_KERNELS", "1")
+    assert kernels.load() is None
+    model = use_fast_path(small_model())
+    assert fast_path_kind(model) == "layouts" and all(
+        "gn_relu" not in m.__dict__ for m in model.modules() if isinstance(m, PreActBottleneck))
+
+
 def layouts_seen(model: torch.nn.Module, x: torch.Tensor) -> list[bool]:
+    """For each unit, whether its input is channels_last."""
     seen = []
     hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
-        memory_format=torch.channels_last) and not a[0].is_contiguous()), prepend=False)
+        memory_format=torch.channels_last) and not a[0].is_contiguous()))
         for m in model.modules() if isinstance(m, PreActBottleneck)]
     try:
         model(x)
@@ -255,8 +307,9 @@ def layouts_seen(model: torch.nn.Module, x: torch.Tensor) -> list[bool]:
     return seen
 
 
-def test_fast_layouts_pick_channels_last_only_for_large_maps_in_inference():
-    model = use_fast_layouts(small_model()).eval()
+def test_layout_plan_without_the_kernel_follows_map_size():
+    model = use_fast_path(small_model(), fused=False).eval()
+    assert fast_path_kind(model) == "layouts"
     x = torch.randn(2, 3, 128, 128)  # unit inputs: 32x32 (block 1, unit 1 of block 2), then smaller
     with torch.no_grad():
         seen = layouts_seen(model, x)
@@ -265,17 +318,32 @@ def test_fast_layouts_pick_channels_last_only_for_large_maps_in_inference():
     assert not any(layouts_seen(model, x))  # training: NCHW, where GroupNorm's backward is fast
 
 
-def test_fast_layouts_keep_logits_and_gradients():
-    plain, fast = small_model(), use_fast_layouts(small_model())
-    use_fast_layouts(fast)  # idempotent
-    assert len(fast._layout_hooks) == 1 + sum(isinstance(m, PreActBottleneck) for m in fast.modules())
-    assert list(fast.state_dict()) == list(plain.state_dict())
+def fp64_error(model: torch.nn.Module, ref64: torch.nn.Module, x, y) -> tuple[float, float]:
+    """Max relative error of ``model``'s logits and gradients against a float64 copy of the same weights."""
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    F.cross_entropy(out, y).backward()
+    want = ref64(x.double())
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    g_err = max(((grads[n] - p.grad).norm() / p.grad.norm()).item() for n, p in ref64.named_parameters())
+    return ((out.double() - want).abs().max() / want.abs().max()).item(), g_err
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_fast_path_is_as_accurate_as_the_plain_model(fused):
     x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        assert (fast.eval()(x) - plain.eval()(x)).abs().max() < 1e-4
-    batches = micro_batches(1, size=64)
-    assert max_rel_err(accumulate(fast.train(), batches), accumulate(plain.train(), batches)) < 1e-4
-    remove_fast_layouts(fast)
-    assert not fast._layout_hooks
+    y = torch.tensor([0, 1, 2])
+    plain = small_model().train()
+    ref64 = copy.deepcopy(plain).double()
+    F.cross_entropy(ref64(x.double()), y).backward()
+    fast = use_fast_path(small_model(), fused=fused)
+    use_fast_path(fast)  # idempotent
+    assert list(fast.state_dict()) == list(plain.state_dict())
+    p_out, p_grad = fp64_error(plain, ref64, x, y)
+    f_out, f_grad = fp64_error(fast.train(), ref64, x, y)
+    # fp32 gradients of a random deep net are only good to ~1e-3 against fp64; the fast path must not be worse
+    assert f_out < max(2 * p_out, 1e-5) and f_grad < max(2 * p_grad, 1e-5)
+    remove_fast_path(fast)
+    assert fast_path_kind(fast) is None and fast.root.conv.weight.is_contiguous()
     with torch.no_grad():
         assert not any(layouts_seen(fast.eval(), x))

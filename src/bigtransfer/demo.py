@@ -7,7 +7,6 @@ against the same network from scratch, logistic regression on raw pixels and a l
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -68,7 +67,7 @@ class DemoConfig:
     upstream_balance: bool = True  # repeat the images of small classes so every class is seen equally often
     upstream_zoom: tuple[float, float] | None = (1.0, 1.5)  # zoom each upstream image by a random factor in this range
     upstream_stretch: float = 1.5  # and stretch its width against its height by up to this factor
-    upstream_eval_images: int | None = None  # Fashion-MNIST test images that score the upstreams (0: none)
+    upstream_eval_images: int | None = 2000  # Fashion-MNIST test images that score the upstreams (0: none)
     keep_weights: bool = False  # keep every few-shot cell's final weights (tens of MB each)
     processes: int | None = None  # runs side by side, each on its share of the cores; default min(2, cores)
     home: Path | None = None  # cache root; default $BIGTRANSFER_HOME or ~/.cache/bigtransfer
@@ -394,23 +393,43 @@ def _init_worker(threads: int) -> None:
     logging.getLogger("bigtransfer").setLevel(logging.WARNING)
 
 
-@contextlib.contextmanager
-def _executor(processes: int):
-    """Worker processes that split the cores between them, or None (run here) for one process.
+def _timed(fn: Callable, *args):
+    tick = time.perf_counter()
+    return fn(*args), time.perf_counter() - tick
+
+
+class Workers:
+    """Worker processes, started on first use, that split the cores between them; none for one process.
 
     The small networks here spend much of each step in Python and in tiny kernels that do not scale with
-    threads, so two single-threaded runs side by side finish sooner than one run on two threads.
+    threads, so two single-threaded runs side by side finish sooner than one run on two threads. Workers are
+    spawned, so a script that calls the demo needs the ``if __name__ == "__main__":`` guard.
     """
-    if processes <= 1:
-        yield None
-        return
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
 
-    threads = max(1, (os.cpu_count() or 1) // processes)
-    with ProcessPoolExecutor(processes, mp_context=mp.get_context("spawn"), initializer=_init_worker,
-                             initargs=(threads,)) as ex:
-        yield ex
+    def __init__(self, processes: int) -> None:
+        self.processes = max(1, int(processes))
+        self._ex = None
+
+    @property
+    def parallel(self) -> bool:
+        return self.processes > 1
+
+    def submit(self, fn: Callable, *args):
+        if self._ex is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // self.processes)
+            self._ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(threads,))
+        return self._ex.submit(_timed, fn, *args)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._ex is not None:
+            self._ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _last_step(run_dir: Path) -> int:
@@ -422,7 +441,7 @@ def _last_step(run_dir: Path) -> int:
     return int(steps[-1]) if steps else 0
 
 
-def pretrain_upstreams(cfg: DemoConfig, ex=None) -> dict[str, Upstream]:
+def pretrain_upstreams(cfg: DemoConfig, workers: Workers) -> dict[str, Upstream]:
     """Every upstream of ``cfg``: side by side in worker processes when more than one must be trained."""
     from concurrent.futures import FIRST_EXCEPTION, wait
 
@@ -430,12 +449,12 @@ def pretrain_upstreams(cfg: DemoConfig, ex=None) -> dict[str, Upstream]:
 
     kinds = [k for k in UPSTREAMS if k in cfg.upstreams]
     todo = [k for k in kinds if not _finished(upstream_dir(cfg, k))]
-    if ex is None or len(todo) < 2:
+    if not workers.parallel or len(todo) < 2:
         return {k: pretrain_upstream(cfg, k) for k in kinds}
     for k in todo:
         log.info("pre-training upstream %s: %s -> %s", k, UPSTREAMS[k], upstream_dir(cfg, k))
     quiet = DemoConfig(**{**cfg.__dict__, "progress": False})
-    futures = {k: ex.submit(pretrain_upstream, quiet, k) for k in kinds}
+    futures = {k: workers.submit(pretrain_upstream, quiet, k) for k in kinds}
     dirs = {k: upstream_dir(cfg, k) for k in todo}
     bar = tqdm(total=sum(upstream_steps(cfg, k) for k in todo), desc=f"upstreams {'+'.join(todo)}",
                unit="step", disable=not cfg.progress, dynamic_ncols=True)
@@ -447,11 +466,14 @@ def pretrain_upstreams(cfg: DemoConfig, ex=None) -> dict[str, Upstream]:
         bar.update(sum(_last_step(d) for d in dirs.values()) - bar.n)
     bar.update(bar.total - bar.n) if not pending else None
     bar.close()
-    return {k: f.result() for k, f in futures.items()}
+    return {k: f.result()[0] for k, f in futures.items()}
 
 
-def run_cells(cfg: DemoConfig, methods: dict[str, dict], folder: Path, ex=None) -> tuple[dict, list[dict]]:
-    """Every (method, k, seed) cell: engine runs (each cached by the few-shot engine) and the pixel baseline."""
+def run_cells(cfg: DemoConfig, methods: dict[str, dict], folder: Path, workers: Workers) -> tuple[dict, list[dict]]:
+    """Every (method, k, seed) cell: engine runs (each cached by the few-shot engine) and the pixel baseline.
+
+    Engine runs still to train go to the workers; finished ones and the quick pixel baseline run here.
+    """
     from concurrent.futures import as_completed
 
     from tqdm.auto import tqdm
@@ -482,15 +504,20 @@ def run_cells(cfg: DemoConfig, methods: dict[str, dict], folder: Path, ex=None) 
         bar.set_postfix_str(f"{method} k={k} seed={seed}: {row[METRIC]:.1f}%")
         bar.update(1)
 
-    if ex is None:
-        for key, (fn, args) in tasks.items():
-            tick = time.perf_counter()
-            record(key, fn(*args), time.perf_counter() - tick)
-    else:
-        tick = time.perf_counter()
-        futures = {ex.submit(fn, *args): key for key, (fn, args) in tasks.items()}
-        for f in as_completed(futures):
-            record(futures[f], f.result(), time.perf_counter() - tick)  # seconds since the sweep began
+    def to_train(key: tuple) -> bool:
+        fn, args = tasks[key]
+        return workers.parallel and fn is _engine_cell and not (args[1] / "summary.json").is_file()
+
+    remote = {key for key in tasks if to_train(key)}  # decided once: a worker may finish a cell meanwhile
+    futures = {}
+    for key, (fn, args) in tasks.items():
+        if key in remote:
+            futures[workers.submit(fn, *args)] = key
+    for key, (fn, args) in tasks.items():
+        if key not in remote:
+            record(key, *_timed(fn, *args))
+    for f in as_completed(futures):
+        record(futures[f], *f.result())
     bar.close()
     results = {m: {int(k): [rows[(m, int(k), int(s))][METRIC] for s in cfg.seeds] for k in cfg.shots}
                for m in names}
@@ -573,13 +600,13 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     start, cpu_start = time.perf_counter(), time.process_time()
     _downstream(cfg.downstream)  # fails early (missing scikit-learn / mlxtend) before any training
     processes = cfg.processes or min(2, os.cpu_count() or 1)
-    with _executor(processes) as ex:
-        ups = pretrain_upstreams(cfg, ex)
+    with Workers(processes) as workers:
+        ups = pretrain_upstreams(cfg, workers)
         methods = _methods(cfg, ups, cfg.downstream)
         sweep_key = _hash({"downstream": cfg.downstream, "methods": methods})
         folder = cfg.out / "cells" / sweep_key  # a changed recipe never reuses another recipe's cells
         sweep_start = time.perf_counter()
-        results, rows = run_cells(cfg, methods, folder, ex)
+        results, rows = run_cells(cfg, methods, folder, workers)
         sweep_seconds = time.perf_counter() - sweep_start
 
     main = transfer_name("M") if "M" in ups else transfer_name(next(iter(ups)))

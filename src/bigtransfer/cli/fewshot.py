@@ -7,14 +7,23 @@ from pathlib import Path
 
 from ..engine.fewshot import sweep
 from ..engine.trainer import load_data
+from ..errors import BitError
 from .common import add_run_args, config_from_args, default_out
 
 
-def _ints(text: str) -> list[int]:
-    return [int(v) for v in text.split(",") if v.strip()]
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < (1 if flag == "--shots" else 0):
+        raise BitError(f"{flag} takes comma-separated {'positive' if flag == '--shots' else 'non-negative'} "
+                       f"integers, e.g. {flag} {'1,2,5,10' if flag == '--shots' else '0,1,2'}; got '{text}'")
+    return values
 
 
 def run(args: argparse.Namespace) -> int:
+    shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
     cfg = config_from_args(args)
     cfg["shots"] = None
     eval_split = cfg.get("eval_split")
@@ -31,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline == "scratch":
         methods["scratch"] = {"pretrained": False, "weights": None}
     out = Path(args.out) if args.out else default_out(cfg, "fewshot-")
-    res = sweep(cfg, _ints(args.shots), _ints(args.seeds), out, train_set, eval_set, methods, args.metric,
+    res = sweep(cfg, shots, seeds, out, train_set, eval_set, methods, args.metric,
                 progress=not args.quiet)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}\nplot:    {out / 'fewshot.png'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ..engine import Interrupted, train
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(str(e))
         return e.code
-    if result.summary_line:
+    if result.summary_line and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
         print(result.summary_line)
     return 0
 

@@ -50,6 +50,12 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
     """Split ``name[:PATH]`` into the registered name and the path (None when absent)."""
     name, _, path = spec.partition(":")
     canonical = _canonical(name)
+    if canonical is None and ("/" in name or "=" in name or Path(name).expanduser().exists()):
+        left, eq, right = spec.partition("=")
+        if eq and _canonical(left):
+            raise DataError(f"--data takes NAME:PATH with a colon: write {_canonical(left)}:{right}")
+        raise DataError(f"--data takes NAME:PATH, not '{spec}'; for a folder of class folders write "
+                        f"imagefolder:{right or spec} (other names: {', '.join(DATASETS)})")
     if canonical is None:
         raise UnknownNameError("data set", name, DATASETS, hint=f"choose one of {', '.join(DATASETS)}")
     info = DATASETS[canonical]
