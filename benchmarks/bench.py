@@ -1,6 +1,6 @@
 """Speed of bigtransfer's ResNetV2 against timm's resnetv2_*_bit on the same CPU, measured side by side.
 
-    .venv/bin/python benchmarks/bench.py [--quick | --full] [--sizes 128,224] [--out PATH]
+    .venv/bin/python benchmarks/bench.py [--quick] [--sizes 128,224] [--out PATH]
 
 Both models get identical weights (copied through bigtransfer.weights.timm). Every figure is taken in
 this one run: the cases of a group are timed in turn, round after round, after a warm-up, and the
@@ -398,8 +398,7 @@ def check_outputs(cases: list[Case]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds, 128 px, no R50x3, no memory probes")
-    ap.add_argument("--full", action="store_true", help="also 224 px (inference and training)")
-    ap.add_argument("--sizes", default=None, help="comma-separated input sizes (default 128; --full: 128,224)")
+    ap.add_argument("--sizes", default=None, help="comma-separated input sizes (default 128,224; --quick: 128)")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds per case (default 5, quick 3)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quiet-wait", type=float, default=2.0,
@@ -417,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     torch.set_num_threads(args.threads)
-    sizes = [int(s) for s in (args.sizes or ("128,224" if args.full else "128")).split(",")]
+    sizes = [int(s) for s in (args.sizes or ("128" if args.quick else "128,224")).split(",")]
     rounds = args.rounds or (3 if args.quick else 5)
     warmup = 1 if args.quick else 2
     t0 = time.time()

@@ -98,18 +98,22 @@ def test_sigterm_saves_exits_143_and_resumes(reference, tmp_path):
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
-def test_torchrun_two_processes_equal_one_process(reference, tmp_path):
+def test_torchrun_two_processes_equal_one_process(tmp_path):
     if shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists():
         pytest.skip("torchrun not installed")
-    out = tmp_path / "ddp"
+    # Few steps: from scratch at this lr, training is chaotic and rounding differences grow about tenfold every
+    # 8 steps; the one process standardizes its weights once for both micro-batches and so rounds differently.
+    short = ["--steps", "4"]
+    ref_out, out = tmp_path / "one", tmp_path / "ddp"
+    subprocess.run(bit(ref_out, *short), check=True, env=env(), capture_output=True, timeout=600)
     # two processes of 8 images each against one process of two 8-image micro-batches: same global batch
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "bigtransfer.cli.main", *BASE, "--batch-split", "1", "--out", str(out)]
+           "-m", "bigtransfer.cli.main", *BASE, "--batch-split", "1", *short, "--out", str(out)]
     done = subprocess.run(cmd, env=env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    ref, got = weights(reference), weights(out)
+    ref, got = weights(ref_out), weights(out)
     diff = max((ref[k] - got[k]).abs().max().item() for k in ref)
-    assert diff < 1e-5, diff
     torch.manual_seed(0)
     init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
-    assert max((ref[k] - init[k]).abs().max().item() for k in ref) > 1e-3  # training moved the weights
+    moved = max((ref[k] - init[k]).abs().max().item() for k in ref)
+    assert diff < 1e-5 and moved > 1e-2, (diff, moved)  # equal to rounding, and training moved the weights

@@ -75,3 +75,33 @@ def test_ema_and_label_smoothing_and_clipping_run(digits_split, tmp_path):
     final = load_file(tmp_path / "e" / "model.safetensors")
     assert all(torch.equal(final[k], ema_state[k]) for k in final)
     assert 0 <= res.metrics["top1"] <= 100
+
+
+def test_batch_split_standardizes_once_per_step_and_matches_one_batch(digits_split, tmp_path, monkeypatch):
+    """With --batch-split the weights are standardized once per optimizer step, not per micro-batch,
+    and training ends where the same run in one batch ends."""
+    import bigtransfer.models.fast as fast
+
+    train_set, _ = digits_split
+    steps = 4
+    entered = []
+    real = fast.standardize_once
+
+    def counting(model):
+        entered.append(1)
+        return real(model)
+
+    monkeypatch.setattr("bigtransfer.engine.trainer.standardize_once", counting)
+    base = dict(steps=steps, lr=0.05, schedule="constant", warmup_steps=0, eval_split="none", fast_path=False)
+    split = train(cfg(batch_split=4, **base), tmp_path / "s", train_set=train_set, quiet=True)
+    assert len(entered) == steps  # one standardization block per optimizer step
+    whole = train(cfg(batch_split=1, **base), tmp_path / "w", train_set=train_set, quiet=True)
+    assert len(entered) == steps  # no block without micro-batches
+    a, b = split.model.state_dict(), whole.model.state_dict()
+    diff = max((a[k] - b[k]).abs().max().item() for k in a)
+    torch.manual_seed(0)  # the trainer seeds the same way before building the model
+    from bigtransfer.models import create_model
+
+    init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
+    moved = max((a[k] - init[k]).abs().max().item() for k in a)
+    assert diff < 1e-5 and moved > 1e-3, (diff, moved)

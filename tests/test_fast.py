@@ -57,7 +57,7 @@ def max_rel_err(a: dict, b: dict) -> float:
 # --------------------------------------------------------------------------------------- standardize_once
 @pytest.mark.parametrize("bf16", [False, True])
 def test_standardize_once_gradients_equal_the_per_micro_batch_path(bf16):
-    model = small_model().train()
+    model = small_model(name="BiT-R14x0.5").train()
     batches = micro_batches()
     plain = accumulate(model, batches, bf16)
     model.zero_grad(set_to_none=True)
@@ -90,7 +90,7 @@ def test_standardize_once_standardizes_once_per_step(monkeypatch):
 
 
 def test_standardize_once_then_optimizer_step_matches_plain_training():
-    a, b = small_model(), small_model()
+    a, b = small_model(name="BiT-R14x0.5"), small_model(name="BiT-R14x0.5")
     opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
     opt_b = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9)
     for step in range(2):
@@ -147,7 +147,7 @@ def test_training_gradients_equal_timm(timm_r50):
     """In-place ReLU and residual add change no gradient."""
     ref = copy.deepcopy(timm_r50).train()
     ours = load_timm_state(bt.create_model("BiT-M-R50x1-ILSVRC2012", ws_eps=1e-8), ref.state_dict()).train()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([1, 2])
     F.cross_entropy(ref(x), y).backward()
     F.cross_entropy(ours(x), y).backward()
@@ -195,6 +195,28 @@ def test_prepared_model_keeps_state_dict_keys_and_tracks_weight_changes():
     after = prepared(x)
     assert not torch.equal(after, before)
     assert torch.equal(after, prepare_for_inference(copy.deepcopy(model), "fastest")(x))
+
+
+def test_prepacked_weights_are_reused_refreshed_and_never_copied(kernel):
+    from bigtransfer.models.fast import _PACKED
+
+    model = small_model()
+    prepared = prepare_for_inference(model, "fastest")
+    x = torch.randn(2, 3, 32, 32)
+    first = prepared(x)
+    conv = model.body.block2.unit01.conv2
+    packed = _PACKED[conv][1]
+    assert packed.layout == torch._mkldnn and torch.equal(prepared(x), first)
+    assert _PACKED[conv][1] is packed  # reused, not packed again
+    twin = copy.deepcopy(model)  # a copy neither carries nor needs the packed weights
+    assert twin not in _PACKED and torch.equal(prepare_for_inference(twin, "fastest")(x), first)
+    with torch.no_grad():
+        conv.weight.mul_(0.5).add_(0.1)
+    assert _PACKED[conv][1] is packed and not torch.equal(prepared(x), first)
+    assert _PACKED[conv][1] is not packed  # repacked after the change
+    model.train()
+    model(torch.randn(2, 3, 32, 32))
+    assert conv not in _PACKED  # training frees them
 
 
 def test_frozen_weight_is_cached_in_the_autocast_dtype():
@@ -274,6 +296,27 @@ def test_fused_gn_relu_matches_pytorch(kernel, dtype, shape):
         assert ((a.double() - b).abs().max() / b.abs().max()).item() < tol, name
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("shape,channels_last", [((64, 3, 7, 7), True), ((128, 64, 3, 3), False),
+                                                 ((96, 40, 3, 3), True), ((256, 64, 1, 1), False)])
+def test_standardize_kernel_matches_the_definition(kernel, shape, channels_last, bf16):
+    g = torch.Generator().manual_seed(shape[0])
+    w = 0.05 * torch.randn(shape, generator=g) + 0.01
+    w = w.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    w.requires_grad_()
+    grad = torch.randn(shape, generator=g)
+    grad = grad.bfloat16() if bf16 else grad
+    y = kernel.standardize(w, 1e-10, bf16)
+    dw, = torch.autograd.grad(y, w, grad)
+    assert y.dtype == (torch.bfloat16 if bf16 else torch.float32) and dw.stride() == w.stride()
+    w64 = w.detach().double().requires_grad_()
+    var, mean = torch.var_mean(w64, dim=(1, 2, 3), keepdim=True, unbiased=False)
+    want = (w64 - mean) / torch.sqrt(var + 1e-10)
+    want_dw, = torch.autograd.grad(want, w64, grad.double())
+    assert ((y.double() - want).abs().max() / want.abs().max()).item() < (4e-3 if bf16 else 1e-6)
+    assert ((dw.double() - want_dw).abs().max() / want_dw.abs().max()).item() < 1e-6
+
+
 def test_fused_gn_relu_falls_back_outside_its_domain(kernel):
     norm = torch.nn.GroupNorm(32, 64)
     x = torch.randn(2, 64, 8, 8)
@@ -338,6 +381,7 @@ def test_fast_path_is_as_accurate_as_the_plain_model(fused):
     F.cross_entropy(ref64(x.double()), y).backward()
     fast = use_fast_path(small_model(), fused=fused)
     use_fast_path(fast)  # idempotent
+    assert fast_path_kind(fast) == ("fused" if fused and kernels.load() is not None else "layouts")
     assert list(fast.state_dict()) == list(plain.state_dict())
     p_out, p_grad = fp64_error(plain, ref64, x, y)
     f_out, f_grad = fp64_error(fast.train(), ref64, x, y)

@@ -73,3 +73,13 @@ def default_out(cfg: dict, prefix: str = "") -> Path:
     data = str(cfg.get("data") or "data").split(":", 1)
     name = data[0] if len(data) == 1 else f"{data[0]}-{Path(data[1]).name}"
     return Path("runs") / slug(f"{prefix}{cfg['model']}_{name}")
+
+
+def add_mode_argument(p: argparse.ArgumentParser) -> None:
+    """``--mode``: the inference path of ``models.fast.prepare_for_inference``."""
+    from ..models.fast import INFERENCE_MODES
+
+    p.add_argument("--mode", default="auto", choices=INFERENCE_MODES,
+                   help="inference path: auto = fastest (bf16 autocast where the CPU has native bf16, "
+                        "keeping top-1 agreement with fp32 above 99%%; see benchmarks/agreement.py), "
+                        "fp32 for the plain model")

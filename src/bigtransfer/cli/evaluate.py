@@ -12,6 +12,8 @@ from ..engine.plots import plot_confusion
 from ..engine.runs import load_run
 from ..engine.sampling import SeededTransform
 from ..engine.trainer import build_transforms, resolve_device
+from ..models.fast import prepare_for_inference
+from .common import add_mode_argument
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,9 +34,9 @@ def run(args: argparse.Namespace) -> int:
                        f"evaluate a model fine-tuned on this data")
     _, eval_tf = build_transforms(cfg)
     device = resolve_device(args.device)
-    model = loaded.model.to(device)
+    model = prepare_for_inference(loaded.model.to(device), args.mode)
     m = evaluate(model, SeededTransform(dataset, eval_tf), n, batch_size=args.batch_size, workers=args.workers,
-                 device=device, precision=args.precision, classes=classes, progress=not args.quiet)
+                 device=device, classes=classes, progress=not args.quiet)
     out = Path(args.out) if args.out else (Path(args.source) / f"eval-{args.split}" if Path(args.source).is_dir()
                                            else Path("runs") / f"eval-{cfg['model']}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="checkpoint file to use instead")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    add_mode_argument(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-corrupt", action="store_true")
     p.add_argument("--out", help="folder for metrics.json and confusion.png")

@@ -70,6 +70,7 @@ DEFAULTS: dict[str, Any] = {
     "device": "auto",
     "precision": "fp32",  # fp32 | bf16 | fp16
     "channels_last": True,
+    "fast_path": True,  # CPU: fused GroupNorm+ReLU kernel and prepacked convolutions (models/fast.py)
     # bookkeeping
     "log_every": 10,
     "eval_every": 0,

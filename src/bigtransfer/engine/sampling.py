@@ -72,12 +72,18 @@ class SeededTransform(Dataset):
             return image, label
         if seed is None:
             return self.transform(image), label
+        # Only the CPU generator drives augmentations; torch.manual_seed would also seed (and, lazily,
+        # record stack traces for) every accelerator, which costs more than the transform itself.
+        gen = torch.default_generator
         if get_worker_info() is not None:  # a worker process: its global RNG is ours
-            torch.manual_seed(seed)
+            gen.manual_seed(seed)
             return self.transform(image), label
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        state = gen.get_state()
+        try:
+            gen.manual_seed(seed)
             return self.transform(image), label
+        finally:
+            gen.set_state(state)
 
 
 def shard(n: int, rank: int, world: int) -> list[int]:

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from ..data.mixup import MixUp
 from ..errors import BitError
 from ..models import ResNetV2, create_model, get_config
+from ..models.fast import standardize_once, use_fast_path
 from ..weights.common import atomic_write
 from . import config as C
 from .checkpoint import load_latest, save_checkpoint
@@ -57,6 +58,7 @@ class RunResult:
     metrics: dict = field(default_factory=dict)
     steps_done: int = 0
     summary_line: str = ""
+    train_seconds: float = 0.0  # wall time of the optimisation (for a head-only run: features and head)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -206,6 +208,8 @@ class Trainer:
         self.model = model.to(self.device)
         if self.cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if self.cfg["fast_path"] and self.device.type == "cpu" and isinstance(self.model, ResNetV2):
+            use_fast_path(self.model)
         self.resumable = prepare_run_dir(self.run_dir, self.cfg, overwrite, self.info)
         self.train_tf, self.eval_tf = build_transforms(self.cfg)
 
@@ -262,6 +266,7 @@ class Trainer:
 
             return fit_head(self)
         c, device = self.cfg, self.device
+        fit_start = time.perf_counter()
         model = self._bare()
         opt = build_optimizer(model, c)
         schedule = build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), int(c["steps"]))
@@ -304,24 +309,28 @@ class Trainer:
                 seed = int(c["seed"])
                 lam = mixup.sample(_generator(seed, step))
                 step_loss = torch.zeros((), dtype=torch.float64)
-                for micro in range(split):
-                    x, y = next(batches)
-                    x = x.to(device, non_blocking=True,
-                             memory_format=torch.channels_last if c["channels_last"] else torch.contiguous_format)
-                    y = y.to(device)
-                    sync = micro == split - 1 or not self.info.enabled
-                    ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-                    with ctx:
-                        y_b = y
-                        if mixup.enabled:
-                            x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(
-                                x.shape[0], _generator(seed, step, self.info.rank * split + micro)))
-                        with autocast(device, c["precision"]):
-                            logits = self.model(x)
-                        loss = mixup.mixed_loss(criterion, logits.float(), y, y_b, lam)
-                        (scaler.scale(loss / split) if scaler else loss / split).backward()
-                    step_loss += loss.detach().double().cpu() / split
-                    seen += x.shape[0]
+                # Micro-batches share one standardized weight per conv (the raw weights' gradients are
+                # the same); under DDP the gradients must reach the raw weights inside each backward.
+                once = standardize_once(model) if split > 1 and not self.info.enabled else contextlib.nullcontext()
+                with once:
+                    for micro in range(split):
+                        x, y = next(batches)
+                        x = x.to(device, non_blocking=True,
+                                 memory_format=torch.channels_last if c["channels_last"] else torch.contiguous_format)
+                        y = y.to(device)
+                        sync = micro == split - 1 or not self.info.enabled
+                        ctx = contextlib.nullcontext() if sync else self.model.no_sync()
+                        with ctx:
+                            y_b = y
+                            if mixup.enabled:
+                                x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(
+                                    x.shape[0], _generator(seed, step, self.info.rank * split + micro)))
+                            with autocast(device, c["precision"]):
+                                logits = self.model(x)
+                            loss = mixup.mixed_loss(criterion, logits.float(), y, y_b, lam)
+                            (scaler.scale(loss / split) if scaler else loss / split).backward()
+                        step_loss += loss.detach().double().cpu() / split
+                        seen += x.shape[0]
                 mean_loss = all_reduce_sum(step_loss.clone(), self.info).item() / self.info.world
                 if not math.isfinite(mean_loss):
                     kept = f"the last good checkpoint {last_ckpt} is kept" if last_ckpt else "no checkpoint was written"
@@ -364,6 +373,7 @@ class Trainer:
             bar.close()
         if start < total or not found:
             self._save(step, opt, scaler, ema, last_ckpt)
+        self.fit_seconds = time.perf_counter() - fit_start
         return self.finish(ema, step)
 
     def _evaluate(self, ema: ModelEMA | None = None) -> dict:
@@ -383,7 +393,8 @@ class Trainer:
         from .plots import plot_confusion, plot_training
 
         net = ema.module if ema else self._bare()
-        result = RunResult(self.run_dir, self.cfg, net, steps_done=step)
+        result = RunResult(self.run_dir, self.cfg, net, steps_done=step,
+                           train_seconds=round(getattr(self, "fit_seconds", 0.0), 3))
         if self.info.is_main:
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             meta = {"model": str(self.cfg["model"]), "num_classes": str(self.cfg["num_classes"])}

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+import weakref
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import BitError
@@ -50,11 +52,42 @@ def _unit_layout(module: nn.Module, args: tuple) -> tuple:
     return (x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format),)
 
 
+# Prepacked oneDNN weights per conv, outside the modules so that copies and pickles of a model skip them.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def fast_conv_forward(conv: StdConv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` on the fast path. Training: the weight is standardized by the compiled kernel,
+    straight into bf16 under autocast. Inference on CPU: oneDNN with the standardized weight
+    reordered (prepacked) once, not on every call; a weight change or ``train()`` drops it.
+    """
+    args = (conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+    if conv.training:
+        _PACKED.pop(conv, None)
+    if conv._once is None and torch.is_grad_enabled() and conv.weight.requires_grad:
+        bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        w = kernels.standardize(conv.weight, conv.eps, bf16)
+        if w is not None:
+            return F.conv2d(x, w, *args)
+    w = conv.standardized_weight()
+    if (conv.training or torch.is_grad_enabled() or conv._frozen_key is None or x.device.type != "cpu"
+            or x.dtype != w.dtype or not x.is_contiguous(memory_format=torch.channels_last)):
+        _PACKED.pop(conv, None)
+        return F.conv2d(x, w, *args)
+    geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+    cached = _PACKED.get(conv)
+    if cached is None or cached[0] != conv._frozen_key:
+        cached = _PACKED[conv] = (conv._frozen_key, torch.ops.mkldnn._reorder_convolution_weight(
+            w, *geometry, list(x.shape)))
+    return torch.ops.mkldnn._convolution_pointwise(x, cached[1], conv.bias, *geometry, "none", [], "")
+
+
 def use_fast_path(model: ResNetV2, fused: bool = True) -> ResNetV2:
     """Make ``model`` take its fastest CPU path for training and inference (idempotent).
 
     With the fused GroupNorm+ReLU kernel (``fused`` and a C++ compiler; built once per machine) the
-    weights and activations are channels_last throughout. Otherwise forward pre-hooks choose each
+    weights and activations are channels_last throughout, training standardizes the weights with a
+    compiled kernel and inference convolutions use prepacked oneDNN weights. Otherwise forward pre-hooks choose each
     unit's layout (see ``CL_MIN_HW``). Names and state-dict keys are unchanged; inputs may come in any
     layout. Forward hooks on the GroupNorm modules are skipped where the fused kernel runs.
     """
@@ -66,6 +99,10 @@ def use_fast_path(model: ResNetV2, fused: bool = True) -> ResNetV2:
         model.to(memory_format=torch.channels_last)
         for unit in units:
             unit.gn_relu = kernels.gn_relu
+        if torch.backends.mkldnn.is_available():
+            for conv in model.modules():
+                if isinstance(conv, StdConv2d):
+                    conv.conv_forward = fast_conv_forward
         kind = "fused"
     else:
         handles += [unit.register_forward_pre_hook(_unit_layout) for unit in units]
@@ -79,9 +116,10 @@ def remove_fast_path(model: ResNetV2) -> ResNetV2:
     kind, handles = getattr(model, "_fast_path", None) or (None, ())
     for h in handles:
         h.remove()
-    for unit in model.modules():
-        if isinstance(unit, PreActBottleneck):
-            unit.__dict__.pop("gn_relu", None)
+    for m in model.modules():
+        for attr in ("gn_relu", "conv_forward"):
+            m.__dict__.pop(attr, None)
+        _PACKED.pop(m, None)
     if kind == "fused":
         model.to(memory_format=torch.contiguous_format)
     model._fast_path = None
@@ -149,9 +187,9 @@ def prepare_for_inference(model: ResNetV2, mode: str = "auto", *, compile: bool 
 
     Modes: ``fp32`` (the plain model), ``channels_last`` (model and inputs channels_last), ``bf16``
     (bf16 autocast on :func:`use_fast_path`), ``fastest`` (the same, in fp32 where the hardware has
-    no native bf16) and ``auto`` (``fastest``: bf16 keeps top-1 agreement with fp32
-    above 99 %, see benchmarks/agreement.py). ``compile`` adds ``torch.compile``; on the 2-core CPU
-    measured it does not pay, so no mode turns it on by itself.
+    no native bf16) and ``auto`` (``fastest``, whose bf16 keeps top-1 agreement with fp32 above 99 %:
+    benchmarks/agreement.py). ``compile`` adds ``torch.compile``; on the 2-core CPU measured it did
+    not pay, so no mode turns it on by itself. The model is modified in place (eval mode, fast path).
     """
     if mode not in INFERENCE_MODES:
         raise BitError(f"unknown inference mode '{mode}': choose one of {', '.join(INFERENCE_MODES)}")

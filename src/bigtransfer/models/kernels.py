@@ -1,10 +1,13 @@
-"""A fused GroupNorm + ReLU CPU kernel for channels_last activations, compiled on first use.
+"""CPU kernels compiled on first use: GroupNorm + ReLU for channels_last activations, and weight
+standardization straight into the convolution's dtype.
 
 PyTorch's channels_last GroupNorm walks each group's few channels with a stride on feature maps under
 32x32 (forward) or 48x48 (backward), which makes it several times slower than in NCHW for BiT's
 group sizes; NCHW in turn makes every oneDNN convolution reorder its activations. This kernel keeps
 channels_last and vectorizes over channels at every map size, applies the ReLU in the same pass, and
-in the backward masks the gradient with the saved output. It is built with the C++ compiler through
+in the backward masks the gradient with the saved output. The standardization kernel makes one pass
+per filter (the filter stays in cache) and writes bf16 directly under autocast, instead of
+batch_norm's passes plus a cast. Both are built with the C++ compiler through
 ``torch.utils.cpp_extension`` once per machine (about a minute; cached under
 ``TORCH_EXTENSIONS_DIR``); without a compiler, or with ``BIGTRANSFER_NO_KERNELS=1``, ``load()``
 returns None and callers use PyTorch's own operators.
@@ -195,6 +198,51 @@ void backward(const T* dy, const T* y, const T* x, const float* mean, const floa
   });
 }
 
+// Sum of a row with 16 float lanes (vectorizable without reassociating flags), joined in double.
+template <typename F>
+double row_sum(int64_t K, F&& term) {
+  float lanes[16] = {0.f};
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    for (int j = 0; j < 16; ++j) lanes[j] += term(k + j);
+  for (; k < K; ++k) lanes[0] += term(k);
+  double s = 0;
+  for (int j = 0; j < 16; ++j) s += lanes[j];
+  return s;
+}
+
+// Weight standardization of O rows of K values; y in float or bfloat16.
+template <typename T>
+void ws_fwd(const float* w, T* y, float* mean, float* rstd, int64_t O, int64_t K, double eps) {
+  at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const float* __restrict__ r = w + o * K;
+      const float m = float(row_sum(K, [&](int64_t k) { return r[k]; }) / K);
+      const double var = row_sum(K, [&](int64_t k) { return (r[k] - m) * (r[k] - m); }) / K;
+      const float rs = float(1.0 / std::sqrt(var + eps));
+      T* __restrict__ yr = y + o * K;
+      for (int64_t k = 0; k < K; ++k) st(yr, k, (r[k] - m) * rs);
+      mean[o] = m;
+      rstd[o] = rs;
+    }
+  });
+}
+
+template <typename T>
+void ws_bwd(const T* g, const float* w, const float* mean, const float* rstd, float* dw, int64_t O, int64_t K) {
+  at::parallel_for(0, O, 1, [&](int64_t o0, int64_t o1) {
+    for (int64_t o = o0; o < o1; ++o) {
+      const float* __restrict__ r = w + o * K;
+      const T* __restrict__ gr = g + o * K;
+      const float m = mean[o], rs = rstd[o];
+      const float sg = float(row_sum(K, [&](int64_t k) { return ld(gr, k); }) / K);
+      const float sgy = float(row_sum(K, [&](int64_t k) { return ld(gr, k) * (r[k] - m) * rs; }) / K);
+      float* __restrict__ d = dw + o * K;
+      for (int64_t k = 0; k < K; ++k) d[k] = rs * (ld(gr, k) - sg - (r[k] - m) * rs * sgy);
+    }
+  });
+}
+
 template <typename F>
 void dispatch(const at::Tensor& x, F&& fn) {
   if (x.scalar_type() == at::kBFloat16) fn(uint16_t());
@@ -238,6 +286,29 @@ std::vector<at::Tensor> gn_relu_backward(const at::Tensor& dy, const at::Tensor&
   });
   return {dx, dgamma, dbeta};
 }
+
+// w: (O, K) float rows; returns the standardized rows in ``dtype`` (float or bfloat16), mean and rstd.
+std::vector<at::Tensor> ws_forward(const at::Tensor& w, double eps, bool bf16) {
+  const int64_t O = w.size(0), K = w.size(1);
+  auto y = at::empty({O, K}, w.options().dtype(bf16 ? at::kBFloat16 : at::kFloat));
+  auto mean = at::empty({O}, w.options()), rstd = at::empty({O}, w.options());
+  dispatch(y, [&](auto t) {
+    using T = decltype(t);
+    ws_fwd<T>(w.data_ptr<float>(), ptr<T>(y), mean.data_ptr<float>(), rstd.data_ptr<float>(), O, K, eps);
+  });
+  return {y, mean, rstd};
+}
+
+// g: (O, K) gradient of the standardized rows (float or bfloat16); returns the float gradient of w.
+at::Tensor ws_backward(const at::Tensor& g, const at::Tensor& w, const at::Tensor& mean, const at::Tensor& rstd) {
+  auto dw = at::empty_like(w);
+  dispatch(g, [&](auto t) {
+    using T = decltype(t);
+    ws_bwd<T>(ptr<const T>(g), w.data_ptr<float>(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+                   dw.data_ptr<float>(), w.size(0), w.size(1));
+  });
+  return dw;
+}
 """
 
 _FLAGS = ["-O3", "-march=native"]
@@ -250,29 +321,36 @@ def load():
     global _module, _failed
     if _module is not None or _failed:
         return _module
-    if os.environ.get("BIGTRANSFER_NO_KERNELS") or platform.machine().lower() not in ("x86_64", "amd64"):
+    if os.environ.get("BIGTRANSFER_NO_KERNELS") or os.name == "nt":  # the flags below are GCC/Clang flags
         _failed = True
         return None
-    key = "\n".join([_SOURCE, *_FLAGS, torch.__version__, platform.processor(), _cpu_flags()])
-    name = "bigtransfer_gn_relu_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    # -march=native code must not be reused on another CPU: the build name covers the CPU's features.
+    key = "\n".join([_SOURCE, *_FLAGS, torch.__version__, platform.machine(), _cpu_flags()])
+    name = "bigtransfer_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     quiet = logging.getLogger("torch.utils.cpp_extension")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # it warns about CUDA on CPU-only machines
     try:
         from torch.utils import cpp_extension
 
-        build_dir = cpp_extension._get_build_directory(name, verbose=False)
-        if not any(f.endswith(".so") for f in os.listdir(build_dir)):
-            log.info("compiling the fused GroupNorm+ReLU kernel (once per machine, about a minute)")
-        _module = cpp_extension.load_inline(name, cpp_sources=_SOURCE, functions=["gn_relu_forward",
-                                            "gn_relu_backward"], extra_cflags=_FLAGS, verbose=False)
+        if not _built(cpp_extension, name):
+            log.info("compiling the bigtransfer CPU kernels (once per machine, about a minute)")
+        _module = cpp_extension.load_inline(name, cpp_sources=_SOURCE, functions=[
+            "gn_relu_forward", "gn_relu_backward", "ws_forward", "ws_backward"], extra_cflags=_FLAGS, verbose=False)
     except Exception as e:  # noqa: BLE001 - no compiler, no ninja, a compile error: fall back to PyTorch's ops
         _failed = True
-        log.warning("fused GroupNorm+ReLU kernel unavailable (%s: %s); using PyTorch's operators",
+        log.warning("bigtransfer CPU kernels unavailable (%s: %s); using PyTorch's operators",
                     type(e).__name__, (str(e).strip().splitlines() or [""])[-1][:160])
     finally:
         quiet.setLevel(level)
     return _module
+
+
+def _built(cpp_extension, name: str) -> bool:
+    try:
+        return os.path.exists(os.path.join(cpp_extension._get_build_directory(name, False), f"{name}.so"))
+    except Exception:  # noqa: BLE001 - only decides whether to announce a compilation
+        return True
 
 
 def _cpu_flags() -> str:
@@ -297,6 +375,43 @@ class _GroupNormReLU(torch.autograd.Function):
         dx, dw, db = _module.gn_relu_backward(dy.contiguous(memory_format=torch.channels_last), y, x, mean, rstd,
                                               weight, ctx.groups)
         return dx, dw.to(weight.dtype), db.to(weight.dtype), None, None
+
+
+def _is_cl(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """A conv kernel as (out, in * kh * kw) rows in its memory order (a view when it is dense)."""
+    return (t.permute(0, 2, 3, 1) if _is_cl(t) else t).reshape(t.shape[0], -1).contiguous()
+
+
+def _unrows(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    if _is_cl(like):
+        o, i, kh, kw = like.shape
+        return rows.view(o, kh, kw, i).permute(0, 3, 1, 2)
+    return rows.view(like.shape)
+
+
+class _Standardize(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, eps, bf16):
+        y, mean, rstd = _module.ws_forward(_rows(weight), eps, bf16)
+        ctx.save_for_backward(weight, mean, rstd)
+        return _unrows(y, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, mean, rstd = ctx.saved_tensors
+        grad = grad.contiguous(memory_format=torch.channels_last if _is_cl(weight) else torch.contiguous_format)
+        return _unrows(_module.ws_backward(_rows(grad), _rows(weight), mean, rstd), weight), None, None
+
+
+def standardize(weight: torch.Tensor, eps: float, bf16: bool = False) -> torch.Tensor | None:
+    """Weight standardization in one pass per filter, output in bf16 if asked; None where it does not apply."""
+    if _module is None or weight.device.type != "cpu" or weight.dtype != torch.float32:
+        return None
+    return _Standardize.apply(weight, eps, bf16)
 
 
 def fits(norm: nn.GroupNorm, x: torch.Tensor) -> bool:

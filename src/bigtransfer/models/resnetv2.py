@@ -34,8 +34,11 @@ class StdConv2d(nn.Conv2d):
 
     In eval mode the standardized weight is computed once and reused until the weight changes
     (its version counter moves) or ``train()`` is called. ``fast.standardize_once`` sets ``_once`` to
-    share one standardized weight across the micro-batches of an optimizer step.
+    share one standardized weight across the micro-batches of an optimizer step, and
+    ``fast.use_fast_path`` sets ``conv_forward`` to a convolution with prepacked weights.
     """
+
+    conv_forward = None
 
     def __init__(self, *args, eps: float = WS_EPS, **kwargs) -> None:
         kwargs.setdefault("bias", False)
@@ -69,6 +72,8 @@ class StdConv2d(nn.Conv2d):
         return self._frozen
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv_forward is not None:
+            return self.conv_forward(self, x)
         return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
                         self.dilation, self.groups)
 
