@@ -347,18 +347,21 @@ def pixel_baseline(dataset) -> Callable[[int, int], float]:
     return score
 
 
-def _methods(cfg: DemoConfig, ups: dict[str, Upstream], downstream: str) -> dict[str, dict]:
-    """Method name -> the engine config of its few-shot cells."""
-    base = {**_recipe(cfg.finetune_recipe, cfg.finetune_overrides, "fine-tune overrides"), "data": downstream}
-    methods = {transfer_name(k): {**base, "pretrained": True, "weights": str(u.backbone)} for k, u in ups.items()}
+def _methods(cfg: DemoConfig, backbones: dict[str, Path]) -> tuple[dict[str, dict], dict[str, set[str]]]:
+    """Method name -> the engine config of its few-shot cells, and the upstreams each method needs."""
+    base = {**_recipe(cfg.finetune_recipe, cfg.finetune_overrides, "fine-tune overrides"), "data": cfg.downstream}
+    methods = {transfer_name(k): {**base, "pretrained": True, "weights": str(b)} for k, b in backbones.items()}
+    needs = {transfer_name(k): {k} for k in backbones}
     if SCRATCH in cfg.baselines:
         methods[SCRATCH] = {**base, "pretrained": False, "weights": None}
+        needs[SCRATCH] = set()
     if "linear probe" in cfg.baselines:
-        kind = "M" if "M" in ups else next(iter(ups))
+        kind = "M" if "M" in backbones else next(iter(backbones))
         probe = _recipe(cfg.probe_recipe, cfg.probe_overrides, "probe overrides")
-        methods[probe_name(kind)] = {**probe, "data": downstream, "pretrained": True, "head_only": True,
-                                     "weights": str(ups[kind].backbone)}
-    return methods
+        methods[probe_name(kind)] = {**probe, "data": cfg.downstream, "pretrained": True, "head_only": True,
+                                     "weights": str(backbones[kind])}
+        needs[probe_name(kind)] = {kind}
+    return methods, needs
 
 
 def _prune(cell: Path, keep_weights: bool) -> None:
@@ -386,11 +389,20 @@ def _pixel_cell(downstream: str, k: int, seed: int) -> float:
     return pixel_baseline(_downstream(downstream))(k, seed)
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent: int) -> None:
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
     logging.getLogger("bigtransfer").setLevel(logging.WARNING)
+
+    def watch() -> None:  # a worker whose parent was killed must not train on as an orphan
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _timed(fn: Callable, *args):
@@ -421,15 +433,19 @@ class Workers:
 
             threads = max(1, (os.cpu_count() or 1) // self.processes)
             self._ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"),
-                                           initializer=_init_worker, initargs=(threads,))
+                                           initializer=_init_worker, initargs=(threads, os.getpid()))
         return self._ex.submit(_timed, fn, *args)
 
     def __enter__(self) -> Workers:
         return self
 
-    def __exit__(self, *exc) -> None:
-        if self._ex is not None:
-            self._ex.shutdown(wait=True, cancel_futures=True)
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._ex is None:
+            return
+        if exc_type is not None:  # do not let a half-finished sweep train on for minutes after an error
+            for proc in list(getattr(self._ex, "_processes", {}).values()):
+                proc.terminate()
+        self._ex.shutdown(wait=True, cancel_futures=True)
 
 
 def _last_step(run_dir: Path) -> int:
@@ -441,55 +457,52 @@ def _last_step(run_dir: Path) -> int:
     return int(steps[-1]) if steps else 0
 
 
-def pretrain_upstreams(cfg: DemoConfig, workers: Workers) -> dict[str, Upstream]:
-    """Every upstream of ``cfg``: side by side in worker processes when more than one must be trained."""
-    from concurrent.futures import FIRST_EXCEPTION, wait
+def run_all(cfg: DemoConfig, methods: dict[str, dict], needs: dict[str, set[str]], folder: Path,
+            workers: Workers) -> tuple[dict[str, Upstream], dict[str, dict[int, list[float]]], list[dict]]:
+    """Pre-train the upstreams and run every (method, k, seed) cell; returns (upstreams, results, rows).
+
+    With workers, both upstreams train side by side and each cell starts as soon as the upstream it needs
+    is ready (scratch cells at once), so no core waits; finished cells and the quick pixel baseline run here.
+    """
+    from concurrent.futures import FIRST_COMPLETED, wait
 
     from tqdm.auto import tqdm
 
     kinds = [k for k in UPSTREAMS if k in cfg.upstreams]
     todo = [k for k in kinds if not _finished(upstream_dir(cfg, k))]
-    if not workers.parallel or len(todo) < 2:
-        return {k: pretrain_upstream(cfg, k) for k in kinds}
-    for k in todo:
-        log.info("pre-training upstream %s: %s -> %s", k, UPSTREAMS[k], upstream_dir(cfg, k))
-    quiet = DemoConfig(**{**cfg.__dict__, "progress": False})
-    futures = {k: workers.submit(pretrain_upstream, quiet, k) for k in kinds}
-    dirs = {k: upstream_dir(cfg, k) for k in todo}
-    bar = tqdm(total=sum(upstream_steps(cfg, k) for k in todo), desc=f"upstreams {'+'.join(todo)}",
-               unit="step", disable=not cfg.progress, dynamic_ncols=True)
-    pending = set(futures.values())
-    while pending:
-        _, pending = wait(pending, timeout=1.0, return_when=FIRST_EXCEPTION)
-        if any(f.done() and f.exception() for f in futures.values()):
-            break
-        bar.update(sum(_last_step(d) for d in dirs.values()) - bar.n)
-    bar.update(bar.total - bar.n) if not pending else None
-    bar.close()
-    return {k: f.result()[0] for k, f in futures.items()}
-
-
-def run_cells(cfg: DemoConfig, methods: dict[str, dict], folder: Path, workers: Workers) -> tuple[dict, list[dict]]:
-    """Every (method, k, seed) cell: engine runs (each cached by the few-shot engine) and the pixel baseline.
-
-    Engine runs still to train go to the workers; finished ones and the quick pixel baseline run here.
-    """
-    from concurrent.futures import as_completed
-
-    from tqdm.auto import tqdm
+    ups = {k: pretrain_upstream(cfg, k) for k in kinds if k not in todo}  # cached: instant
+    if not workers.parallel:
+        ups.update({k: pretrain_upstream(cfg, k) for k in todo})
+        todo = []
 
     names = list(methods) + ([PIXELS] if PIXELS in cfg.baselines else [])
     cells = [(m, int(k), int(s)) for m in names for k in cfg.shots for s in cfg.seeds]
-    tasks = {}
+    tasks: dict[tuple, tuple] = {}
     for method, k, seed in cells:
         if method in methods:
             cell = folder / method.replace(" ", "-") / f"k{k}_s{seed}"
             run_cfg = C.merge(methods[method], {"shots": k, "seed": seed}, f"method {method}")
-            tasks[(method, k, seed)] = (_engine_cell, (run_cfg, cell, cfg.downstream, cfg.keep_weights))
+            tasks[(method, k, seed)] = (_engine_cell, (run_cfg, cell, cfg.downstream, cfg.keep_weights),
+                                        needs[method])
         else:
-            tasks[(method, k, seed)] = (_pixel_cell, (cfg.downstream, k, seed))
+            tasks[(method, k, seed)] = (_pixel_cell, (cfg.downstream, k, seed), set())
+    # Decided once, before any worker can finish a cell: what runs here and what goes to the workers.
+    local = [key for key, (fn, args, _) in tasks.items()
+             if not workers.parallel or fn is _pixel_cell or (args[1] / "summary.json").is_file()]
+    remote = [key for key in tasks if key not in set(local)]
+
+    up_futures, up_bar = {}, None
+    if todo:
+        for k in todo:
+            log.info("pre-training upstream %s: %s -> %s", k, UPSTREAMS[k], upstream_dir(cfg, k))
+        quiet = DemoConfig(**{**cfg.__dict__, "progress": False})
+        order = sorted(todo, key=lambda k: -upstream_steps(cfg, k))  # the longest first
+        up_futures = {workers.submit(pretrain_upstream, quiet, k): k for k in order}
+        up_bar = tqdm(total=sum(upstream_steps(cfg, k) for k in todo), desc=f"upstreams {'+'.join(order)}",
+                      unit="step", disable=not cfg.progress, dynamic_ncols=True, position=0)
+    bar = tqdm(total=len(cells), desc="few-shot cells", disable=not cfg.progress, dynamic_ncols=True, unit="cell",
+               position=1 if up_bar is not None else 0)
     rows: dict[tuple, dict] = {}
-    bar = tqdm(total=len(cells), desc="few-shot cells", disable=not cfg.progress, dynamic_ncols=True, unit="cell")
 
     def record(key: tuple, value, seconds: float) -> None:
         method, k, seed = key
@@ -504,24 +517,42 @@ def run_cells(cfg: DemoConfig, methods: dict[str, dict], folder: Path, workers: 
         bar.set_postfix_str(f"{method} k={k} seed={seed}: {row[METRIC]:.1f}%")
         bar.update(1)
 
-    def to_train(key: tuple) -> bool:
-        fn, args = tasks[key]
-        return workers.parallel and fn is _engine_cell and not (args[1] / "summary.json").is_file()
+    cell_futures: dict = {}
 
-    remote = {key for key in tasks if to_train(key)}  # decided once: a worker may finish a cell meanwhile
-    futures = {}
-    for key, (fn, args) in tasks.items():
-        if key in remote:
-            futures[workers.submit(fn, *args)] = key
-    for key, (fn, args) in tasks.items():
-        if key not in remote:
-            record(key, *_timed(fn, *args))
-    for f in as_completed(futures):
-        record(futures[f], *f.result())
+    def submit_ready() -> set:
+        new = set()
+        for key in remote:
+            fn, args, need = tasks[key]
+            if key not in submitted and need <= set(ups):
+                submitted.add(key)
+                future = workers.submit(fn, *args)
+                cell_futures[future] = key
+                new.add(future)
+        return new
+
+    submitted: set = set()
+    pending = set(up_futures) | submit_ready()
+    for key in local:
+        fn, args, _ = tasks[key]
+        record(key, *_timed(fn, *args))
+    while pending:
+        done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+        for future in done:
+            value, seconds = future.result()
+            if future in up_futures:
+                ups[up_futures[future]] = value
+                pending |= submit_ready()
+            else:
+                record(cell_futures[future], value, seconds)
+        if up_bar is not None:
+            steps = sum(upstream_steps(cfg, k) if k in ups else _last_step(upstream_dir(cfg, k)) for k in todo)
+            up_bar.update(steps - up_bar.n)
+    if up_bar is not None:
+        up_bar.close()
     bar.close()
     results = {m: {int(k): [rows[(m, int(k), int(s))][METRIC] for s in cfg.seeds] for k in cfg.shots}
                for m in names}
-    return results, [rows[c] for c in cells]
+    return {k: ups[k] for k in kinds}, results, [rows[c] for c in cells]
 
 
 # -- the claim ------------------------------------------------------------------------------------------------------
@@ -600,14 +631,11 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     start, cpu_start = time.perf_counter(), time.process_time()
     _downstream(cfg.downstream)  # fails early (missing scikit-learn / mlxtend) before any training
     processes = cfg.processes or min(2, os.cpu_count() or 1)
+    backbones = {k: upstream_dir(cfg, k) / "backbone.safetensors" for k in UPSTREAMS if k in cfg.upstreams}
+    methods, needs = _methods(cfg, backbones)
+    folder = cfg.out / "cells" / _hash({"downstream": cfg.downstream, "methods": methods})  # new recipe, new cells
     with Workers(processes) as workers:
-        ups = pretrain_upstreams(cfg, workers)
-        methods = _methods(cfg, ups, cfg.downstream)
-        sweep_key = _hash({"downstream": cfg.downstream, "methods": methods})
-        folder = cfg.out / "cells" / sweep_key  # a changed recipe never reuses another recipe's cells
-        sweep_start = time.perf_counter()
-        results, rows = run_cells(cfg, methods, folder, workers)
-        sweep_seconds = time.perf_counter() - sweep_start
+        ups, results, rows = run_all(cfg, methods, needs, folder, workers)
 
     main = transfer_name("M") if "M" in ups else transfer_name(next(iter(ups)))
     checks = check_claims(results, main)
@@ -633,8 +661,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
                     "upstream_stretch": cfg.upstream_stretch, "upstream_balance": cfg.upstream_balance},
         "cells_dir": str(folder),
         "processes": processes,
-        "seconds": {"total": round(seconds, 1), "few_shot": round(sweep_seconds, 1),
-                    "cpu_this_process": round(time.process_time() - cpu_start, 1)},
+        "seconds": {"total": round(seconds, 1), "cpu_this_process": round(time.process_time() - cpu_start, 1)},
     }
     paths["json"].write_text(json.dumps(payload, indent=1))
     return DemoResult(cfg.out, table, results, checks, ups, paths, seconds)
