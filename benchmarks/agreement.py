@@ -6,7 +6,8 @@
    (upsampled to 32 px; 1200 for training, 597 held out) classifies all 1797 digits in every mode; the
    agreement is the share of images whose top-1 class equals the fp32 one. (No pretrained weights can
    be downloaded offline, and agreement on an untrained network would mean nothing.)
-2. Logit error at ImageNet size: an R50x1 with timm's initialisation (norms and head randomized) on
+2. (``--run DIR``) A trained run, e.g. the demo's upstream M, on every image of its data's test split.
+3. Logit error at ImageNet size: an R50x1 with timm's initialisation (norms and head randomized) on
    foolbox's 20 real ImageNet and 20 CIFAR-10 images at 224 px: max |logit - fp32 logit| per mode,
    against the largest fp32 logit.
 """
@@ -90,12 +91,48 @@ def foolbox_images(size: int = 224) -> torch.Tensor:
     return (torch.stack(imgs) - 0.5) / 0.5
 
 
+def run_agreement(run_dir: Path, data: str | None, split: str, modes: list[str]) -> dict:
+    """Top-1 agreement with fp32 of a trained run's model on every image of its data's ``split``."""
+    from bigtransfer.data import load_dataset
+    from bigtransfer.engine.runs import load_run
+    from bigtransfer.engine.sampling import SeededTransform
+    from bigtransfer.engine.trainer import build_transforms
+
+    loaded = load_run(str(run_dir), None)
+    data = data or loaded.cfg["data"]
+    dataset = load_dataset(data, split)
+    _, eval_tf = build_transforms(loaded.cfg)
+    images = SeededTransform(dataset, eval_tf)
+    x = torch.stack([images[i][0] for i in range(len(images))])
+    y = torch.as_tensor(dataset.targets).long()
+    logits = logits_by_mode(loaded.model, x, modes, 256)
+    ref = logits["fp32"].argmax(1)
+    print(f"\n{loaded.cfg['model']} from {run_dir} on {data} [{split}], {len(x)} images")
+    print(f"  {'mode':15} {'top-1 agreement':>16} {'accuracy':>9} {'max|dlogit|':>12}")
+    rows = []
+    for mode, lg in logits.items():
+        r = {"mode": mode, "top1_agreement": (lg.argmax(1) == ref).float().mean().item(),
+             "accuracy": (lg.argmax(1) == y).float().mean().item(),
+             "max_abs_logit_diff": (lg - logits["fp32"]).abs().max().item()}
+        rows.append(r)
+        print(f"  {mode:15} {100 * r['top1_agreement']:15.2f}% {100 * r['accuracy']:8.2f}% "
+              f"{r['max_abs_logit_diff']:12.2e}")
+    return {"run": str(run_dir), "model": loaded.cfg["model"], "data": data, "split": split,
+            "images": len(x), "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=200, help="SGD steps on digits")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true", help="compile the 'fastest' mode too")
     ap.add_argument("--no-imagenet", action="store_true", help="skip the R50x1 logit check")
+    ap.add_argument("--imagenet-model", help="a pretrained ImageNet-headed name (e.g. BiT-M-R50x1-ILSVRC2012; "
+                                             "downloaded or cached) instead of the randomly initialised R50x1")
+    ap.add_argument("--run", help="also a trained run folder (e.g. the demo's upstream M under "
+                                  "$BIGTRANSFER_HOME/demo/) on its data's --split")
+    ap.add_argument("--data", help="data of --run (default: the run's own)")
+    ap.add_argument("--split", default="test")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "agreement.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -124,11 +161,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.no_imagenet:
         images = foolbox_images()
-        _, r50 = make_pair("R50x1")
+        if args.imagenet_model:
+            r50 = bt.create_model(args.imagenet_model, pretrained=True).eval()
+        else:
+            _, r50 = make_pair("R50x1")
         lg = logits_by_mode(r50, images, modes, 8, args.compile)
         scale = lg["fp32"].abs().max().item()
         ref = lg["fp32"].argmax(1)
-        print(f"\nR50x1 (timm initialisation) on {len(images)} foolbox images at 224 px; max |fp32 logit| {scale:.3f}")
+        name = args.imagenet_model or "R50x1 (timm initialisation)"
+        print(f"\n{name} on {len(images)} foolbox images at 224 px; max |fp32 logit| {scale:.3f}")
         print(f"  {'mode':15} {'max|dlogit|':>12} {'relative':>9} {'top-1 agreement':>16}")
         im_rows = []
         for mode, v in lg.items():
@@ -136,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
             agree = (v.argmax(1) == ref).float().mean().item()
             im_rows.append({"mode": mode, "max_abs_logit_diff": d, "relative": d / scale, "top1_agreement": agree})
             print(f"  {mode:15} {d:12.2e} {d / scale:9.2e} {100 * agree:15.1f}%")
-        result["imagenet"] = {"model": "R50x1", "images": len(images), "max_abs_logit": scale, "rows": im_rows}
+        result["imagenet"] = {"model": name, "images": len(images), "max_abs_logit": scale, "rows": im_rows}
+
+    if args.run:
+        result["run"] = run_agreement(Path(args.run), args.data, args.split, modes)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
