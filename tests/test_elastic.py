@@ -30,9 +30,9 @@ RUN = ["finetune", "--model", "BiT-R14x0.5", "--no-pretrained", "--data", "digit
 
 
 def env() -> dict:
-    # One fresh rendezvous store per restart: with the agent's shared store, restarted workers can read the
-    # addresses of the killed ones and fail to connect (see docs/reliability.md).
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    # torchrun's default shared rendezvous store: each restart attempt gets its own key space from the engine.
+    return {**{k: v for k, v in os.environ.items() if k != "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"},
+            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
 def torchrun(out: Path, *launcher: str) -> list[str]:
