@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ import bigtransfer as bt
 from bigtransfer.models.fast import INFERENCE_MODES, bf16_supported, prepare_for_inference
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import make_pair  # noqa: E402
+from bench import make_pair, write_results  # noqa: E402
 
 
 def digits(size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -182,10 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.run:
         result["run"] = run_agreement(Path(args.run), args.data, args.split, modes)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwritten: {out}  ({(time.time() - t0) / 60:.1f} min)")
+    write_results(args.out, result, time.time() - t0)
     return 0
 
 

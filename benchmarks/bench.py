@@ -395,6 +395,14 @@ def check_outputs(cases: list[Case]) -> dict:
     return {f"{c.impl} {c.mode}": (c.fn().float() - want).abs().max().item() for c in cases}
 
 
+def write_results(path: str | Path, payload: dict, seconds: float | None = None) -> None:
+    """Write a benchmark's JSON (creating its folder) and say where, with the run time when given."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=1))
+    print(f"\nwritten: {out}" + (f"  ({seconds / 60:.1f} min)" if seconds is not None else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 rounds, 128 px, no R50x3, no memory probes")
@@ -484,10 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     env["seconds"] = time.time() - t0
     result = {"env": env, "peak_gflop_s": peak, "groups": groups, "memory": memory, "targets": goals,
               "max_abs_logit_diff_vs_ours_fp32": checks}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"\nwritten: {out}  ({env['seconds'] / 60:.1f} min)")
+    write_results(args.out, result, env["seconds"])
     return 0
 
 

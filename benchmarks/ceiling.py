@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from bigtransfer.models import StdConv2d
 from bigtransfer.models.fast import use_fast_path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench import make_pair  # noqa: E402
+from bench import make_pair, write_results  # noqa: E402
 
 
 def _bare_relu(norm, x):
@@ -93,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, ms in med.items():
         print(f"  {name:28} {ms:7.1f} ms  {1000 * args.batch / ms:6.1f} img/s  x timm {med['timm bf16'] / ms:5.2f}")
     rows = [{"case": k, "ms": v, "x_timm": med["timm bf16"] / v, "first_call_s": first[k]} for k, v in med.items()]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"size": args.size, "batch": args.batch, "rows": rows}, indent=1))
-    print(f"written: {args.out}")
+    write_results(args.out, {"size": args.size, "batch": args.batch, "rows": rows})
     return 0
 
 

@@ -13,7 +13,6 @@ over ``--finetune-steps`` steps and extrapolated; evaluation is timed apart, as 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -25,6 +24,9 @@ from bigtransfer.data import fewshot_split, load_digits
 from bigtransfer.engine import DEFAULTS, train
 from bigtransfer.engine.config import merge
 from bigtransfer.hyperrule import for_dataset
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench import write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"  {r['method']:18s} {r['train_s']:9.1f} {r['eval_s']:8.1f}  {r['steps']}"
               + (f"  (extrapolated from {r['measured_steps']})" if "measured_steps" in r else ""))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"model": args.model, "shots": args.shots, "rows": rows}, indent=1))
-    print(f"written: {args.out}")
+    write_results(args.out, {"model": args.model, "shots": args.shots, "rows": rows})
     return 0
 
 

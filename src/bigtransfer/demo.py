@@ -489,7 +489,8 @@ def run_all(cfg: DemoConfig, methods: dict[str, dict], needs: dict[str, set[str]
     # Decided once, before any worker can finish a cell: what runs here and what goes to the workers.
     local = [key for key, (fn, args, _) in tasks.items()
              if not workers.parallel or fn is _pixel_cell or (args[1] / "summary.json").is_file()]
-    remote = [key for key in tasks if key not in set(local)]
+    here = set(local)
+    remote = [key for key in tasks if key not in here]
 
     up_futures, up_bar = {}, None
     if todo:

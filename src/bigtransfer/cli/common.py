@@ -75,6 +75,20 @@ def default_out(cfg: dict, prefix: str = "") -> Path:
     return Path("runs") / slug(f"{prefix}{cfg['model']}_{name}")
 
 
+def parse_ints(text: str, flag: str) -> list[int]:
+    """``"1,2,5"`` -> [1, 2, 5] for ``--shots`` (positive) or ``--seeds`` (non-negative); else one clear error."""
+    from ..errors import BitError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < (1 if flag == "--shots" else 0):
+        raise BitError(f"{flag} takes comma-separated {'positive' if flag == '--shots' else 'non-negative'} "
+                       f"integers, e.g. {flag} {'1,2,5,10' if flag == '--shots' else '0,1,2'}; got '{text}'")
+    return values
+
+
 def add_mode_argument(p: argparse.ArgumentParser) -> None:
     """``--mode``: the inference path of ``models.fast.prepare_for_inference``."""
     from ..models.fast import INFERENCE_MODES

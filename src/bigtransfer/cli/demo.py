@@ -7,15 +7,9 @@ from pathlib import Path
 
 from ..engine.config import parse_overrides
 from ..errors import BitError
+from .common import parse_ints
 
 BASELINE_FLAGS = {"scratch": "scratch", "pixels": "raw-pixel LR", "probe": "linear probe"}
-
-
-def _ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise BitError(f"--{what} expects comma-separated integers, e.g. 1,2,5,10; got '{text}'") from None
 
 
 def _names(text: str, choices: dict[str, str] | tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -39,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
         home=Path(args.cache) if args.cache else None, progress=not args.quiet, processes=args.processes)
     cfg = quick_config(**settings) if args.quick else DemoConfig(**settings)
     if args.shots:
-        cfg.shots = _ints(args.shots, "shots")
+        cfg.shots = tuple(parse_ints(args.shots, "--shots"))
     if args.seeds:
-        cfg.seeds = _ints(args.seeds, "seeds")
+        cfg.seeds = tuple(parse_ints(args.seeds, "--seeds"))
     if args.upstream_images is not None:
         cfg.upstream_images = args.upstream_images
     cfg.upstream_overrides.update(parse_overrides(args.set_upstream))

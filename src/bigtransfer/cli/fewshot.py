@@ -7,23 +7,11 @@ from pathlib import Path
 
 from ..engine.fewshot import sweep
 from ..engine.trainer import load_data
-from ..errors import BitError
-from .common import add_run_args, config_from_args, default_out
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = []
-    if not values or min(values) < (1 if flag == "--shots" else 0):
-        raise BitError(f"{flag} takes comma-separated {'positive' if flag == '--shots' else 'non-negative'} "
-                       f"integers, e.g. {flag} {'1,2,5,10' if flag == '--shots' else '0,1,2'}; got '{text}'")
-    return values
+from .common import add_run_args, config_from_args, default_out, parse_ints
 
 
 def run(args: argparse.Namespace) -> int:
-    shots, seeds = _ints(args.shots, "--shots"), _ints(args.seeds, "--seeds")
+    shots, seeds = parse_ints(args.shots, "--shots"), parse_ints(args.seeds, "--seeds")
     cfg = config_from_args(args)
     cfg["shots"] = None
     eval_split = cfg.get("eval_split")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ..engine import Interrupted, train
+from ..engine.distributed import launched_as_main
 from .common import add_run_args, config_from_args, default_out
 
 
@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     except Interrupted as e:
         print(str(e))
         return e.code
-    if result.summary_line and os.environ.get("RANK", "0") == "0":  # once, not once per torchrun process
+    if result.summary_line and launched_as_main():  # once, not once per torchrun process
         print(result.summary_line)
     return 0
 

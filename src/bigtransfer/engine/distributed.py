@@ -24,6 +24,11 @@ class DistInfo:
         return self.world > 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is rank 0 of its launch (or was not launched by torchrun), before any group exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group that ``torchrun`` describes (WORLD_SIZE, RANK, LOCAL_RANK), if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import numbers
-import os
 from dataclasses import replace
 
 from .. import hyperrule
 from ..errors import BitError
+from .distributed import launched_as_main
 
 HYPERRULE_BATCH = hyperrule.REFERENCE_BATCH
 MIN_RESOLUTION = 32  # the network's total stride: the stem divides by 4, three stride-2 stages by 8 more
@@ -113,8 +113,8 @@ def _check(cfg: dict, model_cfg: dict) -> None:
     _triple(cfg, "mean")
     _triple(cfg, "std")
     want_mean, want_std = model_cfg.get("mean"), model_cfg.get("std")
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun, said once rather than once per process
-    if main_rank and (cfg.get("pretrained") or cfg.get("weights")) and want_mean and want_std and not (
+    # under torchrun, said once rather than once per process
+    if launched_as_main() and (cfg.get("pretrained") or cfg.get("weights")) and want_mean and want_std and not (
             _close(cfg["mean"], want_mean) and _close(cfg["std"], want_std)):
         log.warning("warning: mean %s / std %s differ from the mean %s / std %s the weights of %s were trained with; "
                     "the network sees shifted inputs (drop --set mean/std to use the weights' own)",

@@ -373,8 +373,7 @@ class Trainer:
             bar.close()
         if start < total or not found:
             self._save(step, opt, scaler, ema, last_ckpt)
-        self.fit_seconds = time.perf_counter() - fit_start
-        return self.finish(ema, step)
+        return self.finish(ema, step, time.perf_counter() - fit_start)
 
     def _evaluate(self, ema: ModelEMA | None = None) -> dict:
         net = ema.module if ema else self._bare()
@@ -386,7 +385,7 @@ class Trainer:
                      progress=not self.quiet)
         return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
 
-    def finish(self, ema: ModelEMA | None, step: int) -> RunResult:
+    def finish(self, ema: ModelEMA | None, step: int, train_seconds: float = 0.0) -> RunResult:
         """Write the final weights, evaluate, plot and summarise."""
         from safetensors.torch import save_file
 
@@ -394,7 +393,7 @@ class Trainer:
 
         net = ema.module if ema else self._bare()
         result = RunResult(self.run_dir, self.cfg, net, steps_done=step,
-                           train_seconds=round(getattr(self, "fit_seconds", 0.0), 3))
+                           train_seconds=round(train_seconds, 3))
         if self.info.is_main:
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
             meta = {"model": str(self.cfg["model"]), "num_classes": str(self.cfg["num_classes"])}
