@@ -49,3 +49,41 @@ def randomized(name: str = "BiT-R14x0.5", num_classes: int = 10, seed: int = 0) 
             if p.ndim == 1 or k.startswith("head"):
                 p.copy_(torch.randn_like(p) * 0.1 + (1.0 if k.endswith("weight") and ".gn" in k else 0.0))
     return model.eval()
+
+
+def class_folders(root, sizes: dict[str, int]):
+    """A flat folder of class folders with ``sizes[c]`` small random PNGs each."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, n in sizes.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+def fails(argv: list[str], capsys, *needles: str) -> str:
+    """``bit argv`` exits 2 with one ``error:`` line holding every needle (regex): no traceback, no usage block."""
+    import re
+
+    from bigtransfer.cli.main import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err and "usage:" not in err, err
+    for needle in needles:
+        assert re.search(needle, err), (needle, err)
+    return err
+
+
+@pytest.fixture(scope="module")
+def r14_file(tmp_path_factory):
+    """A BiT-R14x0.5 with a 10-class head saved in our safetensors layout."""
+    import bigtransfer as bt
+    from bigtransfer.weights import save_safetensors
+
+    path = tmp_path_factory.mktemp("weights") / "r14.safetensors"
+    save_safetensors(bt.create_model("BiT-R14x0.5", num_classes=10), path, "BiT-R14x0.5")
+    return path

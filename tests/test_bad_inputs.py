@@ -14,15 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 import bigtransfer as bt
 from bigtransfer.cli.main import main
 from bigtransfer.errors import BitError
 from bigtransfer.weights import save_safetensors
 from bigtransfer.weights.mindspore import save_mindspore
+from conftest import class_folders, fails
 
 TINY = ["--model", "BiT-R14x0.5", "--no-pretrained", "--workers", "0", "--quiet", "--batch-size", "8",
         "--set", "crop=32", "--set", "precrop=36", "--eval-split", "none"]
@@ -33,22 +32,8 @@ def digits(out: Path, *extra: str) -> list[str]:
     return ["finetune", "--data", "digits", "--steps", "1", "--out", str(out), *TINY, *extra]
 
 
-def class_folders(root: Path, sizes: dict[str, int]) -> Path:
-    rng = np.random.default_rng(0)
-    for name, n in sizes.items():
-        (root / name).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(root / name / f"{i}.png")
-    return root
 
 
-def fails(argv: list[str], capsys, needle: str) -> str:
-    """``bit argv`` exits 2 with one ``error:`` line matching ``needle`` and no traceback."""
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    assert re.search(needle, err), err
-    return err
 
 
 @pytest.fixture(scope="module")

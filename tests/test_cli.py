@@ -101,7 +101,7 @@ def test_train_with_a_recipe_file(tmp_path, capsys):
     (["finetune", "--data", "imagefolder:/no/such/dir", *TINY], "/no/such/dir"),
     (["finetune", "--data", "digits", "--set", "shots=500", *TINY], "500"),
     (["finetune", "--recipe", "hyperule", "--data", "digits"], "did you mean 'hyperrule'"),
-    (["evaluate", "/no/such/run", "--data", "digits"], "unknown model"),
+    (["evaluate", "/no/such/run", "--data", "digits"], "no such run folder '/no/such/run'"),
 ])
 def test_user_errors_are_one_line_exit_2(argv, needle, capsys):
     assert main(argv) == 2

@@ -79,7 +79,8 @@ def test_head_of_another_size_is_kept_zero_with_a_notice(small_npz, caplog):
     with caplog.at_level(logging.INFO, logger="bigtransfer"):
         model = load_npz(bt.create_model("BiT-R14x0.5", num_classes=3), path)
     assert torch.count_nonzero(model.head.conv.weight) == 0
-    assert any("head has 10 classes, model has 3" in r.message for r in caplog.records)
+    assert any("new zero-initialised head of 3 classes replaces the checkpoint's head of 10 classes" in r.message
+               for r in caplog.records)
 
 
 def _write(path, arrays):

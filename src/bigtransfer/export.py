@@ -23,6 +23,7 @@ log = logging.getLogger("bigtransfer")
 FINAL_WEIGHTS = "model.safetensors"  # what a finished run leaves in its folder (EMA weights when EMA was on)
 LAST_WEIGHTS = Path("checkpoints") / "last" / "model.safetensors"
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold a single file over 2 GB
+DYNAMO_MIN_OPSET = 18  # torch.export's ONNX exporter writes this opset and newer ones
 
 
 def bake_standardized(model: nn.Module) -> nn.Module:
@@ -98,13 +99,53 @@ def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = N
     raise CheckpointError(f"{source}: no such file or run folder; check the path")
 
 
+def opset_range(dynamo: bool) -> tuple[int, int]:
+    """The lowest and highest ONNX opset written by torch.export (or, with ``dynamo=False``, TorchScript)."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        _constants = None
+    if dynamo:
+        return DYNAMO_MIN_OPSET, int(getattr(_constants, "ONNX_MAX_OPSET", DYNAMO_MIN_OPSET))
+    return (int(getattr(_constants, "ONNX_MIN_OPSET", 7)),
+            int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 17)))
+
+
+def _choose_exporter(opset: int, dynamo: bool) -> bool:
+    """Whether torch.export writes ``opset`` (below its range the TorchScript exporter does); else one clear error."""
+    low, high = opset_range(False)
+    if dynamo and low <= opset < DYNAMO_MIN_OPSET:
+        log.info("opset %d is older than torch.export writes (%d and newer): using the TorchScript exporter",
+                 opset, DYNAMO_MIN_OPSET)
+        return False
+    if not dynamo and not low <= opset <= high:
+        raise BitError(f"the TorchScript exporter (--legacy) writes ONNX opsets {low} to {high}, not {opset}; "
+                       f"choose one of them, or drop --legacy for opsets {DYNAMO_MIN_OPSET} to {opset_range(True)[1]}")
+    top = opset_range(True)[1]
+    if not low <= opset <= top:
+        raise BitError(f"ONNX opset {opset} cannot be written; choose an opset from {low} to {top} "
+                       f"(default {DYNAMO_MIN_OPSET})")
+    return dynamo
+
+
+def written_opset(path: str | os.PathLike) -> int | None:
+    """The default-domain opset an ONNX file declares (None when the onnx package is missing)."""
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(str(path), load_external_data=False)
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+
+
 @contextlib.contextmanager
 def _quiet_exporter():
-    """The exporter's graph passes log every rewrite at INFO; keep them out of the user's console."""
+    """The exporter's graph passes log every rewrite at INFO, and its opset converter warns with tracebacks; the
+    written opset is checked afterwards, so keep both out of the user's console."""
     loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
-        lg.setLevel(logging.WARNING)
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -119,8 +160,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, o
     """Write ``model`` as ONNX with a dynamic batch axis; returns onnxruntime's max |logit diff| vs PyTorch.
 
     The file is written next to ``path`` first and moved into place only when complete (and, with
-    ``check``, only when onnxruntime's logits are within ``atol`` of PyTorch's).
+    ``check``, only when onnxruntime's logits are within ``atol`` of PyTorch's). Opsets below 18 are written
+    by the TorchScript exporter; the written file must declare ``opset``.
     """
+    dynamo = _choose_exporter(opset, dynamo)
     path = Path(path)
     model = model.eval()
     baked = bake_standardized(model)
@@ -137,8 +180,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, o
                                   opset_version=opset, external_data=external, verbose=False)
             else:
                 torch.onnx.export(baked, (example,), str(tmp), dynamo=False, input_names=["input"],
-                                  output_names=["logits"], opset_version=min(opset, 17),
+                                  output_names=["logits"], opset_version=opset,
                                   dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        written = written_opset(tmp)
+        if written is not None and written != opset:
+            raise BitError(f"the exporter wrote ONNX opset {written}, not the {opset} asked for, so nothing was "
+                           f"written; choose opset {written}")
         diff = check_onnx(model, tmp, size, atol=atol) if check else None
         for f in sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name):  # the .onnx itself last
             os.replace(f, path.parent / f.name)

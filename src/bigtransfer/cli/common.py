@@ -3,18 +3,92 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 
-from ..engine.config import merge, parse_overrides
-from ..recipes import load_recipe
+# The choices of ``--mode``: ``models.fast.INFERENCE_MODES``, repeated here so building the parser needs no PyTorch.
+INFERENCE_MODES = ("fp32", "channels_last", "bf16", "fastest", "auto")
 
 # flag -> config key, for flags whose value is copied as given
 FLAG_KEYS = {"data": "data", "model": "model", "weights": "weights", "batch_size": "batch_size",
              "batch_split": "batch_split", "steps": "steps", "epochs": "epochs", "lr": "lr", "precision": "precision",
              "workers": "workers", "seed": "seed", "device": "device", "train_split": "train_split",
              "eval_split": "eval_split", "eval_every": "eval_every", "save_every": "save_every",
-             "resolution_rule": "resolution_rule", "mixup": "mixup"}
+             "resolution_rule": "resolution_rule", "mixup": "mixup",
+             "val_split": "val_split"}
+
+
+def _number(text: str, cast: type, above: float | None, least: float | None, below: float | None,
+            what: str) -> float:
+    """``text`` as ``cast``, or an ``ArgumentTypeError`` saying what the flag takes."""
+    try:
+        value = cast(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'") from None
+    if (not math.isfinite(value) or (above is not None and value <= above) or (least is not None and value < least)
+            or (below is not None and value >= below)):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer above 0."""
+    return _number(text, int, 0, None, None, "an integer above 0")
+
+
+def non_negative_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 0."""
+    return _number(text, int, None, 0, None, "an integer of at least 0")
+
+
+def positive_float(text: str) -> float:
+    """An ``argparse`` type: a number above 0."""
+    return _number(text, float, 0, None, None, "a number above 0")
+
+
+def non_negative_float(text: str) -> float:
+    """An ``argparse`` type: a number of at least 0."""
+    return _number(text, float, None, 0, None, "a number of at least 0")
+
+
+def fraction(text: str) -> float:
+    """An ``argparse`` type: a number strictly between 0 and 1."""
+    return _number(text, float, 0, None, 1, "a fraction between 0 and 1 (exclusive)")
+
+
+def setting(check: Callable[[str], float], key: str) -> Callable[[str], float]:
+    """``check`` whose message names the recipe key, as ``--set KEY=VALUE`` errors do."""
+    def parse(text: str) -> float:
+        try:
+            return check(text)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{key} {e}") from None
+
+    parse.__name__ = check.__name__
+    return parse
+
+
+def load_recipe(name: str | None) -> dict:
+    """``recipes.load_recipe``, imported on first use (the engine imports PyTorch)."""
+    from ..recipes import load_recipe as load
+
+    return load(name)
+
+
+def merge(base: dict, overrides: dict, source: str) -> dict:
+    """``engine.config.merge``, imported on first use."""
+    from ..engine.config import merge as merge_config
+
+    return merge_config(base, overrides, source)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``engine.config.parse_overrides``, imported on first use."""
+    from ..engine.config import parse_overrides as parse
+
+    return parse(items)
 
 
 def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None:
@@ -34,21 +108,26 @@ def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None
                    help="train only the classifier on cached features of the frozen backbone (linear probe)")
     g.add_argument("--train-split")
     g.add_argument("--eval-split", help="split to evaluate on: test, val, rest (few-shot remainder) or none")
+    g.add_argument("--val-split", type=setting(fraction, "val_split"), metavar="FRACTION",
+                   help="hold out this fraction of the train split (seeded, per class) and evaluate on it")
+    g.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit without training")
     g.add_argument("--resolution-rule", choices=["code", "paper"], help="HyperRule resolution: 512/480 or 448/384")
     o = p.add_argument_group("optimisation")
-    o.add_argument("--batch-size", type=int, help="global batch per optimizer step")
-    o.add_argument("--batch-split", type=int, help="micro-batches per step (gradient accumulation)")
-    o.add_argument("--steps", type=int)
-    o.add_argument("--epochs", type=float)
-    o.add_argument("--lr", type=float,
+    o.add_argument("--batch-size", type=setting(positive_int, "batch_size"), help="global batch per optimizer step")
+    o.add_argument("--batch-split", type=setting(positive_int, "batch_split"),
+                   help="micro-batches per step (gradient accumulation)")
+    o.add_argument("--steps", type=setting(positive_int, "steps"))
+    o.add_argument("--epochs", type=setting(positive_float, "epochs"))
+    o.add_argument("--lr", type=setting(positive_float, "lr"),
                    help="learning rate at this run's batch size (recipes give it at their lr_batch)")
-    o.add_argument("--mixup", type=float, help="MixUp alpha (0 disables)")
+    o.add_argument("--mixup", type=setting(non_negative_float, "mixup"), help="MixUp alpha (0 disables)")
     o.add_argument("--precision", choices=["fp32", "bf16", "fp16"])
-    o.add_argument("--workers", type=int, help="data loader worker processes")
+    o.add_argument("--workers", type=setting(non_negative_int, "workers"), help="data loader worker processes")
     o.add_argument("--seed", type=int)
     o.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
-    o.add_argument("--eval-every", type=int, help="evaluate every N steps (0: only at the end)")
-    o.add_argument("--save-every", type=int, help="checkpoint every N steps")
+    o.add_argument("--eval-every", type=setting(non_negative_int, "eval_every"),
+                   help="evaluate every N steps (0: only at the end)")
+    o.add_argument("--save-every", type=setting(non_negative_int, "save_every"), help="checkpoint every N steps")
     o.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key (repeatable)")
 
 
@@ -62,7 +141,12 @@ def config_from_args(args: argparse.Namespace) -> dict:
     if args.lr is not None:  # a learning rate given here is the one used, at the run's own batch size
         flags["lr_batch"] = flags.get("batch_size", cfg["batch_size"])
     cfg = merge(cfg, flags, "command line")
-    return merge(cfg, parse_overrides(getattr(args, "set", None)), "--set")
+    cfg = merge(cfg, parse_overrides(getattr(args, "set", None)), "--set")
+    if isinstance(cfg.get("data"), str):  # an absolute path, so the run folder works from any directory
+        from ..data.spec import canonical_spec
+
+        cfg["data"] = canonical_spec(cfg["data"])
+    return cfg
 
 
 def slug(text: str) -> str:
@@ -91,9 +175,7 @@ def parse_ints(text: str, flag: str) -> list[int]:
 
 def add_mode_argument(p: argparse.ArgumentParser) -> None:
     """``--mode``: the inference path of ``models.fast.prepare_for_inference``."""
-    from ..models.fast import INFERENCE_MODES
-
-    p.add_argument("--mode", default="auto", choices=INFERENCE_MODES,
-                   help="inference path: auto = fastest (bf16 autocast where the CPU has native bf16, "
-                        "keeping top-1 agreement with fp32 above 99%%; see benchmarks/agreement.py), "
-                        "fp32 for the plain model")
+    p.add_argument("--mode", default=None, choices=INFERENCE_MODES,
+                   help="inference path (default: a run's own, as its eval.json reports it; auto for a pretrained "
+                        "model): auto = fastest (bf16 autocast where the CPU has native bf16, keeping top-1 "
+                        "agreement with fp32 above 99%%; see benchmarks/agreement.py), fp32 for the plain model")

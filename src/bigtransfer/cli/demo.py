@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine.config import parse_overrides
 from ..errors import BitError
-from .common import parse_ints
+from .common import parse_ints, parse_overrides, positive_int
 
 BASELINE_FLAGS = {"scratch": "scratch", "pixels": "raw-pixel LR", "probe": "linear probe"}
 
@@ -72,13 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "pixels), probe (linear classifier on frozen upstream features); '' for none")
     p.add_argument("--quick", action="store_true",
                    help="a tiny schedule that checks the whole pipeline in well under a minute (numbers meaningless)")
-    p.add_argument("--upstream-images", type=int, help="pre-train on a seeded subset of this many images")
+    p.add_argument("--upstream-images", type=positive_int, help="pre-train on a seeded subset of this many images")
     p.add_argument("--set-upstream", action="append", metavar="KEY=VALUE", help="override the upstream recipe")
     p.add_argument("--set-finetune", action="append", metavar="KEY=VALUE", help="override the fine-tune recipe")
     p.add_argument("--set-probe", action="append", metavar="KEY=VALUE", help="override the linear-probe recipe")
     p.add_argument("--cache", help="cache folder for data and upstream weights (default $BIGTRANSFER_HOME or "
                                    "~/.cache/bigtransfer)")
-    p.add_argument("--processes", type=int,
+    p.add_argument("--processes", type=positive_int,
                    help="runs side by side, each on its share of the cores (default: 2, or 1 on a one-core machine)")
     p.add_argument("--keep-weights", action="store_true", help="keep each few-shot run's final weights")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

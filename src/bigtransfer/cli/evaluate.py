@@ -6,17 +6,17 @@ import argparse
 import json
 from pathlib import Path
 
-from ..data import load_dataset
-from ..engine.evaluate import evaluate
-from ..engine.plots import plot_confusion
-from ..engine.runs import load_run
-from ..engine.sampling import SeededTransform
-from ..engine.trainer import build_transforms, resolve_device
-from ..models.fast import prepare_for_inference
-from .common import add_mode_argument
+from .common import add_mode_argument, non_negative_int, positive_int
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data import load_dataset
+    from ..engine.evaluate import evaluate_model
+    from ..engine.plots import plot_confusion
+    from ..engine.runs import load_run
+    from ..engine.sampling import SeededTransform
+    from ..engine.trainer import build_transforms, resolve_device
+
     loaded = load_run(args.source, args.weights)
     cfg = loaded.cfg
     data = args.data or cfg.get("data")
@@ -34,9 +34,10 @@ def run(args: argparse.Namespace) -> int:
                        f"evaluate a model fine-tuned on this data")
     _, eval_tf = build_transforms(cfg)
     device = resolve_device(args.device)
-    model = prepare_for_inference(loaded.model.to(device), args.mode)
-    m = evaluate(model, SeededTransform(dataset, eval_tf), n, batch_size=args.batch_size, workers=args.workers,
-                 device=device, classes=classes, progress=not args.quiet)
+    mode = args.mode or loaded.mode
+    m = evaluate_model(loaded.model.to(device), SeededTransform(dataset, eval_tf), n, mode=mode,
+                       batch_size=args.batch_size, workers=args.workers, device=device, classes=classes,
+                       progress=not args.quiet)
     out = Path(args.out) if args.out else (Path(args.source) / f"eval-{args.split}" if Path(args.source).is_dir()
                                            else Path("runs") / f"eval-{cfg['model']}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if n <= 100:
         plot_confusion(m["confusion"], classes[:n], out / "confusion.png")
     print(f"{data} [{args.split}] {m['n']} images: top-1 {m['top1']:.2f}%  top-5 {m['top5']:.2f}%  "
-          f"balanced {m['balanced_accuracy']:.2f}%")
+          f"balanced {m['balanced_accuracy']:.2f}%  (inference {mode})")
     worst = sorted(m["per_class"].items(), key=lambda kv: kv[1])[:5]
     print("lowest per-class accuracy: " + ", ".join(f"{k} {v:.1f}%" for k, v in worst))
     print(f"written: {out / 'metrics.json'}" + (f", {out / 'confusion.png'}" if n <= 100 else ""))
@@ -57,8 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="NAME:PATH (default: the run's data)")
     p.add_argument("--split", default="test", help="split to evaluate (test, val, train, all)")
     p.add_argument("--weights", help="checkpoint file to use instead")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=non_negative_int, default=2)
     add_mode_argument(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--skip-corrupt", action="store_true")

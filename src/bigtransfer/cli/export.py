@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import BitError
+from .common import positive_int
 
 
 def run(args: argparse.Namespace) -> int:
@@ -18,7 +19,8 @@ def run(args: argparse.Namespace) -> int:
     size = args.size or size or 224
     diff = export_onnx(model, out, size, opset=args.opset, check=not args.no_check, dynamo=not args.legacy)
     checked = f"; onnxruntime max |logit diff| vs PyTorch {diff:.2e}" if diff is not None else ""
-    print(f"wrote {out} (input N x 3 x {size} x {size}, dynamic batch, {model.num_classes} classes{checked})")
+    print(f"wrote {out} (opset {args.opset}, input N x 3 x {size} x {size}, dynamic batch, {model.num_classes} "
+          f"classes{checked})")
     return 0
 
 
@@ -30,8 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="RUN_OR_CKPT", help="run folder, weights file or model name")
     p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
     p.add_argument("--model", default=None, help="registered model name (needed when it cannot be inferred)")
-    p.add_argument("--size", type=int, default=None, metavar="PX", help="input resolution (default: the model's)")
-    p.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    p.add_argument("--size", type=positive_int, default=None, metavar="PX",
+                   help="input resolution (default: the model's)")
+    p.add_argument("--opset", type=positive_int, default=18,
+                   help="ONNX opset (default 18; torch.export writes 18 and newer, so older ones are written by the "
+                        "TorchScript exporter)")
     p.add_argument("--legacy", action="store_true", help="use the TorchScript exporter instead of torch.export")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

@@ -3,20 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from ..engine.fewshot import sweep
-from ..engine.trainer import load_data
 from .common import add_run_args, config_from_args, default_out, parse_ints
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train every (k, seed) cell, reusing finished ones, and print the table."""
+    from ..engine.fewshot import sweep
+    from ..engine.trainer import load_data
+
     shots, seeds = parse_ints(args.shots, "--shots"), parse_ints(args.seeds, "--seeds")
     cfg = config_from_args(args)
     cfg["shots"] = None
     eval_split = cfg.get("eval_split")
+    # with val_split, every cell is scored on the one seeded hold-out of the train split
     train_set, eval_set = load_data({**cfg, "eval_split": "none"})
-    if eval_split not in (None, "none", "rest"):
+    rest_context = f"eval_split {eval_split}"
+    if cfg.get("val_split") is None and eval_split not in (None, "none", "rest"):
         from ..data import load_dataset
         from ..errors import DataError
 
@@ -24,12 +29,15 @@ def run(args: argparse.Namespace) -> int:
             eval_set = load_dataset(cfg["data"], eval_split, skip_corrupt=cfg["skip_corrupt"])
         except DataError:
             eval_set = None  # no such split: each cell evaluates on the rest of its own split
+            rest_context = f"no '{eval_split}' split, so each cell is scored on the rest"
+            print(f"no '{eval_split}' split in {cfg['data']}: each cell is scored on the rest of its split",
+                  file=sys.stderr)
     methods = {"transfer": {}}
     if args.baseline == "scratch":
         methods["scratch"] = {"pretrained": False, "weights": None}
     out = Path(args.out) if args.out else default_out(cfg, "fewshot-")
     res = sweep(cfg, shots, seeds, out, train_set, eval_set, methods, args.metric,
-                progress=not args.quiet)
+                progress=not args.quiet, rest_context=rest_context)
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}\nplot:    {out / 'fewshot.png'}")
     return 0 if res else 1

@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..engine import Interrupted, train
-from ..engine.distributed import launched_as_main
 from .common import add_run_args, config_from_args, default_out
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine import train
+    from ..engine.distributed import launched_as_main
+
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out(cfg)
-    try:
-        result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet)
-    except Interrupted as e:
-        print(str(e))
-        return e.code
+    result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet, announce=True,
+                   dry_run=getattr(args, "dry_run", False))  # Interrupted: main() prints it
+    if getattr(args, "dry_run", False):
+        print(f"dry run: nothing trained or written; drop --dry-run to train into {out}")
+        return 0
     if result.summary_line and launched_as_main():  # once, not once per torchrun process
         print(result.summary_line)
     return 0

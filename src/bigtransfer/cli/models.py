@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
-from ..models import create_model, get_config, list_models
-
 
 def count_params(name: str) -> int:
     """Parameters of a registered model, built on the meta device so even R152x4 is instant."""
+    import torch
+
+    from ..models import create_model
+
     with torch.device("meta"):
         model = create_model(name)
     return sum(p.numel() for p in model.parameters())
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..models import get_config, list_models
+
     names = [n for n in list_models() if not args.filter or args.filter.lower() in n.lower()]
     rows = [("name", "arch", "params", "classes", "input", "weights", "description")]
     for n in names:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..engine.config import dump
-from ..recipes import list_recipes, load_recipe
-
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.config import dump
+    from ..recipes import list_recipes, load_recipe
+
     if args.name:
         print(dump(load_recipe(args.name)), end="")
         return 0

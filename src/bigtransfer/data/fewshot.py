@@ -45,3 +45,42 @@ def fewshot_split(dataset: ImageDataset, k: int, seed: int) -> tuple[SubsetDatas
     chosen = fewshot_indices(dataset.targets, k, seed, dataset.classes)
     rest = np.setdiff1d(np.arange(len(dataset), dtype=np.int64), chosen, assume_unique=True)
     return SubsetDataset(dataset, chosen), SubsetDataset(dataset, rest)
+
+
+def rest_check(dataset: ImageDataset, k: int, context: str = "eval_split rest", flag: str = "--shots") -> list[str]:
+    """Refuse a ``k`` that leaves no example of ``dataset`` to evaluate on; else the classes left with none.
+
+    ``k`` is first checked as :func:`fewshot_indices` checks it (a positive integer, no class smaller).
+    """
+    fewshot_indices(dataset.targets, k, 0, dataset.classes)
+    counts = np.bincount(np.asarray(dataset.targets, dtype=np.int64), minlength=len(dataset.classes))
+    if len(counts) and int(counts.sum()) == k * len(counts):
+        hint = f"lower {flag} to at most {k - 1} or use another --eval-split" if k > 1 else "use another --eval-split"
+        raise DataError(f"k={k} per class leaves no image to evaluate on, as every class has exactly {k} "
+                        f"({context}); {hint}")
+    return [c for c, n in zip(dataset.classes, counts, strict=True) if n == k]
+
+
+def holdout_split(dataset: ImageDataset, fraction: float, seed: int) -> tuple[SubsetDataset, SubsetDataset]:
+    """(kept, held out): a seeded, class-stratified hold-out of about ``fraction`` of every class.
+
+    Every class keeps at least one example and holds out at least one; the same seed gives the same split anywhere.
+    """
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
+        raise DataError(f"val_split must be a fraction between 0 and 1 (exclusive), e.g. --val-split 0.2; "
+                        f"got {fraction!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DataError(f"the hold-out seed must be a non-negative integer, got {seed!r}")
+    targets = np.asarray(dataset.targets, dtype=np.int64)
+    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    held = []
+    for label, name in enumerate(dataset.classes):
+        members = np.flatnonzero(targets == label)
+        if len(members) < 2:
+            raise DataError(f"class '{name}' has {len(members)} example(s); val_split needs at least two per class "
+                            f"(one to train on, one to evaluate on); add images or use --eval-split none")
+        n = min(max(int(round(fraction * len(members))), 1), len(members) - 1)
+        held.append(members[rng.permutation(len(members))[:n]])
+    chosen = np.sort(np.concatenate(held)) if held else np.empty(0, dtype=np.int64)
+    kept = np.setdiff1d(np.arange(len(dataset), dtype=np.int64), chosen, assume_unique=True)
+    return SubsetDataset(dataset, kept), SubsetDataset(dataset, chosen)

@@ -105,9 +105,11 @@ def resolve_split(root: Path, split: str) -> Path:
         return root  # no split folders: the class folders are the training set
     if known:
         raise DataError(f"imagefolder: '{root}' has no '{split}' folder (found {sorted(known)}); "
-                        f"add {root}/{SPLIT_FOLDERS[split][0]}/<class>/ or choose another split")
-    raise DataError(f"imagefolder: '{root}' has no split folders, only class folders; use it as the 'train' "
-                    f"split (few-shot and fine-tuning can hold out the rest for evaluation)")
+                        f"add {root}/{SPLIT_FOLDERS[split][0]}/<class>/, choose another split, or hold out part "
+                        f"of the train split with --val-split 0.2")
+    raise DataError(f"imagefolder: '{root}' has no split folders, only class folders (the 'train' split), so no "
+                    f"'{split}' split; hold out part of it for evaluation with --val-split 0.2, or skip evaluation "
+                    f"with --eval-split none")
 
 
 class ImageFolder(ImageDataset):

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import DataError, UnknownNameError
+from ..errors import BitError, DataError, UnknownNameError
 from .base import ArrayDataset, ImageDataset, concat_datasets
 from .cifar import load_cifar
 from .embedded import load_digits, load_mnist5k
@@ -74,6 +74,23 @@ def _parts(spec: str) -> list[str]:
     if len(parts) > 1 and all(_canonical(p.partition(":")[0]) for p in parts):
         return parts
     return [spec]
+
+
+def canonical_spec(spec: str) -> str:
+    """``spec`` with its registered name and an absolute, normalised path, so one data set has one spelling.
+
+    ``+``-joined parts are canonicalised one by one; a spec that does not parse is returned unchanged.
+    """
+    if not isinstance(spec, str):
+        return spec
+    parts = _parts(spec)
+    if len(parts) > 1:
+        return "+".join(canonical_spec(p) for p in parts)
+    try:
+        name, path = parse_spec(spec)
+    except BitError:
+        return spec
+    return f"{name}:{path.resolve()}" if path is not None else name
 
 
 def load_dataset(spec: str, split: str = "train", *, skip_corrupt: bool = False,

@@ -7,15 +7,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, error_reason
+from ..weights.common import file_mode
 
 log = logging.getLogger("bigtransfer")
 LATEST = "latest"
@@ -38,14 +41,36 @@ def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
+def _remove_stale_temps(root: Path) -> None:
+    """Remove half-written folders that a killed earlier process left behind (they hold disk space)."""
+    for old in root.glob(".tmp_step_*_*"):
+        pid = old.name.rpartition("_")[2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass  # alive under another user: not ours to remove
+
+
 def save_checkpoint(root: str | os.PathLike, step: int, model_state: dict, train_state: dict,
                     ema_state: dict | None = None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; older ones beyond ``keep`` are removed."""
+    """Write checkpoint ``step`` under ``root`` atomically; older ones beyond ``keep`` are removed.
+
+    Any failure (full disk, read-only folder) removes the partial folder, leaves the earlier checkpoints and
+    ``latest`` as they were, and raises a one-line CheckpointError. Files get mode 0o666 less the umask.
+    """
     root = Path(root)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
+    pointer = root / f".{LATEST}.tmp"
+    prev = read_latest_name(root)
+    renamed = False
     try:
         root.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(root)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         files = {"model.safetensors": model_state, "ema.safetensors": ema_state}
@@ -53,22 +78,29 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_state: dict, train
             if state is not None:
                 save_file(_state_for_safetensors(state), tmp / name, metadata={"step": str(step)})
         torch.save({**train_state, "step": step}, tmp / "state.pt")
+        mode = file_mode()
         for f in tmp.iterdir():
+            os.chmod(f, mode)  # safetensors writes private files whatever the umask
             _fsync_file(f)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        pointer = root / f".{LATEST}.tmp"
+        renamed = True
         pointer.write_text(final.name + "\n")
         _fsync_file(pointer)
         os.replace(pointer, root / LATEST)
         _fsync_dir(root)
-    except OSError as e:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        prev = read_latest_name(root)
+        with contextlib.suppress(OSError):
+            pointer.unlink(missing_ok=True)
+        if renamed and prev != final.name and read_latest_name(root) != final.name:
+            shutil.rmtree(final, ignore_errors=True)  # ``latest`` still names the previous one: keep it so
+        if not isinstance(e, (OSError, RuntimeError, SafetensorError)):
+            raise
         kept = f"the previous checkpoint {root / prev} is intact" if prev else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not save the checkpoint of step {step} in {root} ({e.strerror or e}); "
-                              f"{kept}; free disk space or fix permissions, then resume") from None
+        raise CheckpointError(f"could not save the checkpoint of step {step} in {root} ({error_reason(e)}); "
+                              f"{kept}; free disk space or fix permissions, then run again to resume") from None
     for old in list_checkpoints(root)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -20,6 +20,7 @@ DEFAULTS: dict[str, Any] = {
     "data": None,  # "name:PATH", e.g. imagefolder:/data/pets
     "train_split": "train",
     "eval_split": "test",  # "none" to skip evaluation
+    "val_split": None,  # a fraction (0, 1): a seeded, class-stratified hold-out of the train split, evaluated as "val"
     "skip_corrupt": False,
     "shots": None,  # k examples per class (few-shot); the rest of the split is the eval pool when it has no test split
     "seed": 0,
@@ -53,6 +54,7 @@ DEFAULTS: dict[str, Any] = {
     "weight_decay_filter": "norm_bias",  # none | norm_bias | conv_only
     "rmsprop_rho": 0.9,
     "rmsprop_eps": 1.0,
+    "rmsprop_init": 1.0,  # the mean square's start: 1.0 as MindSpore, TF1 and timm | 0.0 as TF2/Keras
     "schedule": "hyperrule",  # hyperrule | multistep | exponential | constant
     "warmup_steps": None,
     "warmup_epochs": None,
@@ -113,8 +115,12 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 
 def identity(cfg: dict) -> str:
-    """A short hash of what the run computes, to recognise the same run in a folder."""
+    """A short hash of what the run computes, to recognise the same run in a folder (one data set, one spelling)."""
+    from ..data.spec import canonical_spec
+
     data = {k: v for k, v in sorted(cfg.items()) if k not in NON_IDENTITY}
+    if isinstance(data.get("data"), str):
+        data["data"] = canonical_spec(data["data"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
@@ -77,3 +78,24 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
     counts = torch.cat([confusion.flatten(), torch.tensor([hits])])
     counts = all_reduce_sum(counts, info)
     return summarize(counts[:-1].view(num_classes, num_classes).numpy(), int(counts[-1]), classes)
+
+
+def run_mode(precision: str) -> str:
+    """The inference mode that evaluates a run trained at ``precision`` (fp16 runs are evaluated in fp32)."""
+    return "bf16" if precision == "bf16" else "fp32"
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, *, mode: str, batch_size: int = 64,
+                   workers: int = 0, device: torch.device | None = None, info: DistInfo | None = None,
+                   classes: list[str] | None = None, progress: bool = False) -> dict:
+    """Metrics of ``model`` through the inference path ``mode`` that ``bit evaluate`` takes; ``model`` is untouched.
+
+    The trainer's evaluations and ``bit evaluate`` both come here, so one run reports one number.
+    """
+    from ..models.fast import prepare_for_inference
+
+    device = device or next(model.parameters()).device
+    net = prepare_for_inference(copy.deepcopy(model).to(device), mode)
+    m = evaluate(net, dataset, num_classes, batch_size=batch_size, workers=workers, device=device, info=info,
+                 classes=classes, progress=progress)
+    return {**m, "mode": mode, "batch_size": batch_size}

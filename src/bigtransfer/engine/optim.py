@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -30,18 +32,23 @@ def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "nor
 
 
 class RMSpropTF(torch.optim.Optimizer):
-    """RMSProp as TensorFlow and MindSpore define it: eps inside the root, lr inside the momentum buffer.
+    """RMSProp as TensorFlow 1 and MindSpore define it: eps inside the root, lr inside the momentum buffer.
 
-    ``ms = rho*ms + (1-rho)*g^2``; ``mom = momentum*mom + lr*g/sqrt(ms+eps)``; ``w -= mom``. With the
-    recipe's eps = 1.0 this differs markedly from ``torch.optim.RMSprop`` (eps outside the root).
+    ``g += wd*w``; ``ms = rho*ms + (1-rho)*g^2``; ``mom = momentum*mom + lr*g/sqrt(ms+eps)``; ``w -= mom``. The
+    mean square starts at ``ms_init``: 1.0 as in MindSpore's ``nn.RMSProp``, TF1 and timm's ``RMSpropTF``; 0.0 as in
+    TF2/Keras. With the recipe's eps = 1.0 this differs markedly from ``torch.optim.RMSprop`` (eps outside the root).
     """
 
     def __init__(self, params, lr: float = 0.01, rho: float = 0.9, momentum: float = 0.9, eps: float = 1.0,
-                 weight_decay: float = 0.0) -> None:
-        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps, weight_decay=weight_decay))
+                 weight_decay: float = 0.0, ms_init: float = 1.0) -> None:
+        if ms_init < 0:
+            raise ValueError(f"ms_init (rmsprop_init) must be >= 0 (1.0: TF1/MindSpore, 0.0: TF2/Keras), got {ms_init}")
+        super().__init__(params, dict(lr=lr, rho=rho, momentum=momentum, eps=eps, weight_decay=weight_decay,
+                                      ms_init=ms_init))
 
     @torch.no_grad()
-    def step(self, closure=None):
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        """One update of every parameter that has a gradient; returns ``closure()``'s loss when given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -56,7 +63,7 @@ class RMSpropTF(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["ms"] = torch.zeros_like(p)
+                    state["ms"] = torch.full_like(p, float(group.get("ms_init", 1.0)))
                     state["mom"] = torch.zeros_like(p)
                 state["step"] += 1
                 ms, mom = state["ms"], state["mom"]
@@ -76,7 +83,8 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
                                nesterov=bool(cfg.get("nesterov", False)))
     if name == "rmsprop":
         return RMSpropTF(groups, lr=lr, rho=float(cfg.get("rmsprop_rho", 0.9)),
-                         momentum=float(cfg.get("momentum", 0.9)), eps=float(cfg.get("rmsprop_eps", 1.0)))
+                         momentum=float(cfg.get("momentum", 0.9)), eps=float(cfg.get("rmsprop_eps", 1.0)),
+                         ms_init=float(cfg.get("rmsprop_init", 1.0)))
     raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop)")
 
 

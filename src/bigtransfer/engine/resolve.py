@@ -98,6 +98,7 @@ def _check(cfg: dict, model_cfg: dict) -> None:
     """Refuse settings the run would fail on later (or train on silently wrong), each with one clear line."""
     _number(cfg, "lr", 0)
     _number(cfg, "workers", 0, strict=False, integer=True)
+    _number(cfg, "rmsprop_init", 0, strict=False)
     for key in ("crop", "eval_crop", "precrop"):
         _number(cfg, key, 0, integer=True)
         if cfg[key] < MIN_RESOLUTION:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file
 
 from ..errors import BitError, CheckpointError
 from ..models import ResNetV2, create_model, get_config
 from .config import DEFAULTS
+from .evaluate import run_mode
 
 
 @dataclass
@@ -19,6 +19,7 @@ class LoadedModel:
     model: ResNetV2
     cfg: dict  # a resolved run config (for a bare model name: enough to build its evaluation transform)
     classes: list[str] | None
+    mode: str = "auto"  # the default inference path: a trained run's own (as its eval.json), else the fastest
 
 
 def is_run_dir(path: str | Path) -> bool:
@@ -26,40 +27,79 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def load_run(source: str | Path, weights: str | None = None) -> LoadedModel:
-    """A model from a run folder (its ``model.safetensors``) or from a registered name (pretrained or ``weights``)."""
+    """A model for inference from a run folder, a weights file, or a registered name (pretrained or ``weights``).
+
+    The checkpoint defines the head (its size and values); a name only picks the architecture.
+    """
     if is_run_dir(source):
-        run = Path(source)
-        cfg = yaml.safe_load((run / "config.yaml").read_text())
-        final = Path(weights) if weights else run / "model.safetensors"
-        if not final.is_file():
-            raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
-        model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]))
-        if final.suffix == ".safetensors":
-            try:
-                state = load_file(final)
-            except Exception as e:
-                raise CheckpointError(f"{final}: unreadable safetensors ({e}); the file is corrupt") from None
-            from ..weights.common import load_into
-
-            load_into(model, state, str(final))
-        else:
-            from ..weights import load_checkpoint
-
-            load_checkpoint(model, final)
-        classes_file = run / "classes.json"
-        classes = json.loads(classes_file.read_text()) if classes_file.exists() else None
-        return LoadedModel(model.eval(), cfg, classes)
-    if Path(source).exists():
-        raise BitError(f"{source} is not a run folder (no config.yaml); to use a checkpoint file pass "
-                       f"--model NAME --weights {source}")
-    mc = get_config(str(source))
-    model = create_model(mc.name, pretrained=weights is None, weights=weights).eval()
-    cfg = {**DEFAULTS, "model": mc.name, "num_classes": model.num_classes, "mean": list(model.pretrained_cfg["mean"]),
-           "std": list(model.pretrained_cfg["std"]), "crop": mc.input_size, "eval_crop": mc.input_size,
-           "precrop": mc.input_size}
+        return _from_run(Path(source), weights)
+    path = Path(source)
+    if path.is_file():
+        return _from_file(path, None)
+    if path.is_dir():
+        raise BitError(f"{source} is a folder without config.yaml, not a run folder; give a run folder, a weights "
+                       f"file or a model name ('bit models' lists them)")
+    text = str(source)
+    if "/" in text or text.startswith((".", "~")):
+        raise BitError(f"no such run folder '{source}'; give a run folder (with config.yaml), a weights file or a "
+                       f"model name ('bit models' lists them)")
+    mc = get_config(text)
+    if weights:
+        return _from_file(Path(weights), mc.name)
+    model = create_model(mc.name, pretrained=True).eval()
+    cfg = _inference_cfg(model, {})
     if mc.weights_format == "mindspore":  # ImageNet-style validation: resize 256 (for 224), centre crop
         cfg.update(transforms="recipe", eval_resize=round(mc.input_size * 256 / 224))
     return LoadedModel(model, cfg, class_names(mc.labels))
+
+
+def _from_run(run: Path, weights: str | None) -> LoadedModel:
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    final = Path(weights) if weights else run / "model.safetensors"
+    if not final.is_file():
+        raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
+    model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]))
+    from ..weights import load_checkpoint
+
+    load_checkpoint(model, final)
+    classes_file = run / "classes.json"
+    classes = json.loads(classes_file.read_text()) if classes_file.exists() else None
+    return LoadedModel(model.eval(), cfg, classes, run_mode(str(cfg.get("precision", "fp32"))))
+
+
+def _from_file(path: Path, name: str | None) -> LoadedModel:
+    """A bare weights file: its metadata (ours) or its keys give the architecture, its head the classes."""
+    from ..weights.convert import model_for, read_checkpoint
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such weights file; check the path")
+    loaded = read_checkpoint(path)
+    model = model_for(loaded, name, str(path)).eval()
+    meta = loaded.metadata
+    cfg = _inference_cfg(model, meta)
+    classes = None
+    if meta.get("classes"):
+        classes = json.loads(meta["classes"])
+    elif (path.parent / "classes.json").is_file():
+        classes = json.loads((path.parent / "classes.json").read_text())
+    if classes is not None and len(classes) != model.num_classes:
+        classes = None
+    return LoadedModel(model, cfg, classes, run_mode(meta["precision"]) if meta.get("precision") else "auto")
+
+
+def _inference_cfg(model: ResNetV2, meta: dict) -> dict:
+    """Enough of a run config to build the evaluation transform for ``model`` (and its file's metadata)."""
+    pc = model.pretrained_cfg or {}
+    size = int(meta.get("eval_crop") or pc.get("input_size") or 224)
+    cfg = {**DEFAULTS, "model": pc.get("name") or meta.get("model") or "", "num_classes": model.num_classes,
+           "mean": list(pc.get("mean") or (0.5, 0.5, 0.5)), "std": list(pc.get("std") or (0.5, 0.5, 0.5)),
+           "crop": size, "eval_crop": size, "precrop": size}
+    cfg["transforms"] = meta.get("transforms") or cfg["transforms"]
+    if meta.get("eval_resize"):
+        cfg["eval_resize"] = int(meta["eval_resize"])
+    if meta.get("precision"):
+        cfg["precision"] = meta["precision"]
+    return cfg
 
 
 def class_names(labels: str | None) -> list[str] | None:

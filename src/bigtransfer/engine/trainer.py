@@ -20,7 +20,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.mixup import MixUp
-from ..errors import BitError
+from ..errors import BitError, Interrupted
 from ..models import ResNetV2, create_model, get_config
 from ..models.fast import standardize_once, use_fast_path
 from ..weights.common import atomic_write
@@ -28,8 +28,9 @@ from . import config as C
 from .checkpoint import load_latest, save_checkpoint
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
 from .ema import ModelEMA
-from .evaluate import autocast, evaluate
+from .evaluate import autocast, evaluate_model, run_mode
 from .optim import build_optimizer, set_lr
+from .plan import check_memory, describe, eta_line, warnings_for
 from .resolve import resolve
 from .sampling import SeededTransform, StepSampler
 from .schedules import build_schedule
@@ -39,15 +40,6 @@ log = logging.getLogger("bigtransfer")
 
 class TrainingDiverged(BitError):
     """The loss became NaN or infinite."""
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM arrived; a checkpoint was saved. ``code`` is the exit code to use (128 + signal)."""
-
-    def __init__(self, signum: int, checkpoint: Path | None) -> None:
-        super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}; run again to resume")
-        self.code = 128 + signum
-        self.checkpoint = checkpoint
 
 
 @dataclass
@@ -96,12 +88,21 @@ def build_transforms(cfg: dict):
 
 
 def load_data(cfg: dict):
-    """(train set, eval set or None) as the config names them; few-shot when ``shots`` is set."""
+    """(train set, eval set or None) as the config names them; few-shot when ``shots`` is set.
+
+    With ``val_split`` the eval set is a seeded, class-stratified hold-out of the train split and ``eval_split`` is
+    not read; ``shots`` then samples from the part that is kept.
+    """
     from ..data import fewshot_split, load_dataset
+    from ..data.fewshot import holdout_split, rest_check
 
     if not cfg.get("data"):
         raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
     train = load_dataset(cfg["data"], cfg["train_split"], skip_corrupt=cfg["skip_corrupt"])
+    held = None
+    if cfg.get("val_split") is not None:
+        train, held = holdout_split(train, cfg["val_split"], cfg["seed"])
+    split = cfg.get("eval_split") or "none"
     rest = None
     if cfg.get("shots") is not None:
         shots, seed = cfg["shots"], cfg["seed"]
@@ -109,8 +110,14 @@ def load_data(cfg: dict):
             raise BitError(f"shots must be a positive number of examples per class, got {shots!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise BitError(f"seed must be an integer, got {seed!r}")
+        if held is None and split == "rest":
+            empty = rest_check(train, shots, flag="shots")
+            if empty:
+                log.warning("k=%d per class leaves no image of class %s to evaluate on (eval_split rest); balanced "
+                            "accuracy averages the other classes", shots, ", ".join(f"'{c}'" for c in empty[:5]))
         train, rest = fewshot_split(train, shots, seed)
-    split = cfg.get("eval_split") or "none"
+    if held is not None:
+        return train, held
     if split == "none":
         return train, None
     if split == "rest":
@@ -146,10 +153,13 @@ def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
             old = yaml.safe_load(saved.read_text())
         except (yaml.YAMLError, UnicodeDecodeError):
             old = None
-        old = old if isinstance(old, dict) else {}  # an unreadable config.yaml counts as another run
+        # an unreadable config.yaml counts as another run; keys an older version did not write take their defaults
+        old = {**C.DEFAULTS, **old} if isinstance(old, dict) and old else {}
         if C.identity(old) == C.identity(cfg):
             return True
-        if not overwrite:
+        if not overwrite and not _has_progress(run_dir):
+            log.info("%s holds a run that saved no weights yet; starting it again with the new settings", run_dir)
+        elif not overwrite:
             diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
             raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
                            f"use another --out, or --overwrite to replace it")
@@ -159,6 +169,11 @@ def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(saved, lambda tmp: Path(tmp).write_text(C.dump(cfg)))
     return False
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run folder holds anything a restart would lose: a checkpoint or final weights."""
+    return (run_dir / "model.safetensors").exists() or any((run_dir / "checkpoints").glob("step_*"))
 
 
 class _StopFlag:
@@ -186,7 +201,7 @@ class Trainer:
     """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``."""
 
     def __init__(self, cfg: dict, run_dir: str | Path, *, train_set=None, eval_set=None, model: ResNetV2 | None = None,
-                 overwrite: bool = False, quiet: bool = False) -> None:
+                 overwrite: bool = False, quiet: bool = False, announce: bool = False, dry_run: bool = False) -> None:
         self.device = resolve_device(cfg["device"])
         self.info = init_distributed(self.device)
         self.quiet = quiet or not self.info.is_main
@@ -200,11 +215,24 @@ class Trainer:
         if model is None:
             model = create_model(cfg["model"], pretrained=bool(cfg["pretrained"]),
                                  num_classes=cfg.get("num_classes") or len(self.classes), weights=cfg.get("weights"))
-        if not cfg.get("zero_head", True) and not cfg["pretrained"]:
-            nn.init.normal_(model.head.conv.weight, std=0.01)
         self.cfg = resolve(cfg, len(train_set), tuple(train_set.image_size), len(self.classes), model.pretrained_cfg)
         if self.cfg["num_classes"] != model.num_classes:
             model.reset_classifier(self.cfg["num_classes"])
+        if self.cfg["zero_head"]:
+            model.zero_head()  # as the official fine-tuning does, also when a checkpoint's head has the right size
+        elif not (self.cfg["pretrained"] or self.cfg.get("weights")):
+            nn.init.normal_(model.head.conv.weight, std=0.01)
+        self.announce = announce and self.info.is_main
+        if self.announce or dry_run:
+            lines = describe(self.cfg, len(eval_set) if eval_set is not None else None, self.device, self.info.world)
+            for line in lines + warnings_for(self.cfg):
+                log.info("%s", line)
+        if not self.cfg["head_only"]:
+            check_memory(self.cfg, model, self.device, self.info.world)
+        self.dry_run = dry_run
+        if dry_run:
+            self.model = model
+            return
         self.model = model.to(self.device)
         if self.cfg["channels_last"]:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -301,6 +329,7 @@ class Trainer:
             bar = tqdm(total=total, initial=start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
         batches = iter(self._loader(start)) if start < total else iter(())
         tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+        timed = tick
         self.model.train()
         with _StopFlag() as stop:
             while step < total:
@@ -349,6 +378,10 @@ class Trainer:
                 if ema:
                     ema.update(model)
                 step += 1
+                if step == start + 1:
+                    timed = time.perf_counter()  # the first step pays for start-up; time the next ones
+                elif self.announce and step == start + 3 and step < total:
+                    log.info("%s", eta_line((time.perf_counter() - timed) / 2, total - step))
                 loss_sum, loss_n = loss_sum + mean_loss, loss_n + 1
                 if bar:
                     bar.update(1)
@@ -379,10 +412,9 @@ class Trainer:
         net = ema.module if ema else self._bare()
         c = self.cfg
         eval_ds = SeededTransform(self.eval_set, self.eval_tf)
-        m = evaluate(net, eval_ds, int(c["num_classes"]), batch_size=max(self._micro_batch(), 64),
-                     workers=int(c["workers"]), device=self.device, precision=c["precision"],
-                     channels_last=bool(c["channels_last"]), info=self.info, classes=self.classes,
-                     progress=not self.quiet)
+        m = evaluate_model(net, eval_ds, int(c["num_classes"]), mode=run_mode(c["precision"]),
+                           workers=int(c["workers"]), device=self.device, info=self.info, classes=self.classes,
+                           progress=not self.quiet)
         return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
 
     def finish(self, ema: ModelEMA | None, step: int, train_seconds: float = 0.0) -> RunResult:
@@ -396,11 +428,9 @@ class Trainer:
                            train_seconds=round(train_seconds, 3))
         if self.info.is_main:
             state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            meta = {"model": str(self.cfg["model"]), "num_classes": str(self.cfg["num_classes"])}
-            from ..weights.common import atomic_write
-
+            meta = run_metadata(self.cfg, self.classes)
             atomic_write(self.run_dir / "model.safetensors", lambda p: save_file(state, p, metadata=meta))
-            (self.run_dir / "classes.json").write_text(json.dumps(self.classes))
+            atomic_write(self.run_dir / "classes.json", lambda p: Path(p).write_text(json.dumps(self.classes)))
         if self.eval_set is not None:
             m = self._evaluate(ema)
             full = m.pop("_full")
@@ -422,6 +452,21 @@ class Trainer:
         return result
 
 
+def run_metadata(cfg: dict, classes: list[str]) -> dict[str, str]:
+    """What a run's ``model.safetensors`` records, so the bare file rebuilds the model, its head and its inputs."""
+    from ..models import get_config
+
+    mc = get_config(cfg["model"])
+    meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg["num_classes"]),
+            "block_units": ",".join(str(u) for u in mc.block_units), "width_factor": str(mc.width_factor),
+            "classes": json.dumps(classes), "transforms": str(cfg["transforms"]), "eval_crop": str(cfg["eval_crop"]),
+            "mean": ",".join(str(float(v)) for v in cfg["mean"]), "std": ",".join(str(float(v)) for v in cfg["std"]),
+            "precision": str(cfg["precision"])}
+    if cfg.get("eval_resize"):
+        meta["eval_resize"] = str(cfg["eval_resize"])
+    return meta
+
+
 def _generator(*key: int) -> torch.Generator:
     """A generator seeded by (seed, step[, global micro-batch]): the same draws on every rank layout and resume.
 
@@ -437,6 +482,13 @@ def one_line_summary(run_dir: Path, summary: dict) -> str:
     return f"{run_dir}: {summary['model']}, {summary['steps']} steps on {summary['n_train']} images: {acc}"
 
 
-def train(cfg: dict, run_dir: str | Path, **kwargs) -> RunResult:
-    """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run)."""
-    return Trainer(cfg, run_dir, **kwargs).fit()
+def train(cfg: dict, run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
+    """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run).
+
+    The plan is logged first unless ``quiet``; ``dry_run`` stops after it, writing nothing.
+    """
+    kwargs.setdefault("announce", not kwargs.get("quiet", False))
+    trainer = Trainer(cfg, run_dir, dry_run=dry_run, **kwargs)
+    if dry_run:
+        return RunResult(Path(run_dir), trainer.cfg, trainer.model)
+    return trainer.fit()

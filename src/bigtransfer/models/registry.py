@@ -139,8 +139,9 @@ def create_model(
 ) -> ResNetV2:
     """Build a registered model, optionally with pretrained weights and a new ``num_classes`` head.
 
-    ``weights`` loads a local checkpoint of any supported format instead of downloading. A new head
-    (when ``num_classes`` differs from the checkpoint's) starts at zero, as BiT fine-tuning does.
+    ``weights`` loads a local checkpoint of any supported format instead of downloading. Without
+    ``num_classes`` the checkpoint defines the head (size and values); with a ``num_classes`` that differs
+    from the checkpoint's, the new head starts at zero, as BiT fine-tuning does.
     """
     cfg = get_config(name)
     head = num_classes if num_classes is not None else cfg.num_classes
@@ -151,8 +152,9 @@ def create_model(
     if pretrained or weights:
         from ..weights import load_pretrained
 
-        # A head of another size stays zero-initialised; loaders may set the input mean/std they imply.
-        load_pretrained(model, cfg, path=weights)
+        # loaders may set the input mean/std they imply
+        load_pretrained(model, cfg, path=weights, adopt_head=num_classes is None)
+        model.pretrained_cfg["num_classes"] = model.num_classes
     return model
 
 

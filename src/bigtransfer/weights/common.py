@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import BitError, CheckpointError, file_error_line
 
 log = logging.getLogger("bigtransfer")
 HEAD_KEYS = ("head.conv.weight", "head.conv.bias")
@@ -22,12 +25,17 @@ def _shape(t) -> tuple[int, ...]:
     return tuple(int(d) for d in t.shape)
 
 
-def load_into(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], source: str) -> list[str]:
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], source: str, *,
+              adopt_head: bool = False) -> list[str]:
     """Copy ``state`` (our key names) into ``model``; returns the keys loaded.
 
-    Every body key must be present with the model's shape. The head is loaded only when its size
-    matches the model's; otherwise the model keeps its zero-initialised head and a notice is logged.
+    Every body key must be present with the model's shape. With ``adopt_head`` the checkpoint defines the head
+    (the model's is resized to it); otherwise a head of another size is left as the model's new zero head.
     """
+    if adopt_head and "head.conv.weight" in state and hasattr(model, "reset_classifier"):
+        n = _shape(state["head.conv.weight"])[0]
+        if n != model.num_classes:
+            model.reset_classifier(n)
     own = model.state_dict()
     extra = sorted(set(state) - set(own))
     if extra:
@@ -56,23 +64,87 @@ def load_into(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], 
             own[k].copy_(t.to(own[k].dtype))
     if not head_ok and any(k in state for k in HEAD_KEYS):
         got = _shape(state["head.conv.weight"])[0] if "head.conv.weight" in state else "?"
-        log.info("%s: head has %s classes, model has %d; keeping the new zero-initialised head",
-                    source, got, _shape(own["head.conv.bias"])[0])
+        log.info("%s: a new zero-initialised head of %d classes replaces the checkpoint's head of %s classes",
+                 source, _shape(own["head.conv.bias"])[0], got)
     return loaded
 
 
-def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then fsync and rename onto ``path``, so a crash never leaves half a file."""
+def write_error(err: BaseException, path: str | os.PathLike | None = None, fix: str | None = None,
+                error: type[BitError] = BitError) -> BitError:
+    """A one-line ``error`` for a failed write of ``path`` (default: the OSError's filename), with the fix."""
+    return error(file_error_line(err, path, "write", fix))
+
+
+def writable_dir(path: str | os.PathLike, fix: str | None = None, error: type[BitError] = BitError) -> Path:
+    """Create folder ``path`` with its parents; a failure raises a one-line ``error`` naming it and the fix."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        write(tmp)
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(e, path, fix, error) from None
+    return path
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the system allows."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from any other tool: 0o666 less the umask."""
+    return 0o666 & ~current_umask()
+
+
+def _temp_file(path: Path) -> Path:
+    """Create an empty, unique temporary file next to ``path``."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
+
+
+def atomic_write(path: str | os.PathLike, write) -> Path:
+    """Call ``write(tmp_path)``, fsync and rename onto ``path``: a crash or full disk never leaves half a file.
+
+    The file gets mode 0o666 less the umask; a failed write removes the temporary file and raises CheckpointError.
+    """
+    path = Path(path)
+    writable_dir(path.parent, error=CheckpointError)
+    tmp = None
+    try:
+        tmp = _temp_file(path)
+        write(str(tmp))
+        os.chmod(tmp, file_mode())  # some writers (safetensors) replace the file with a private one
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BitError:
+        _discard(tmp)
+        raise
+    except (OSError, RuntimeError, SafetensorError) as e:  # full disk, read-only folder, torch/safetensors I/O
+        _discard(tmp)
+        raise write_error(e, path, error=CheckpointError) from None
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        _discard(tmp)
         raise
     return path
+
+
+def _discard(tmp: Path | None) -> None:
+    if tmp is not None:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import BitError, DownloadError
+from ..errors import NO_ACCESS, NO_SPACE, BitError, DownloadError, error_errno
+from .common import write_error
 
 log = logging.getLogger("bigtransfer")
 
@@ -73,6 +74,31 @@ class _Interrupted(Exception):
     pass
 
 
+class _CannotWrite(DownloadError):
+    """A local file or folder that cannot be written: no other source can help."""
+
+
+def _in_cache(path: Path) -> bool:
+    cache = cache_dir().resolve()
+    path = Path(path).resolve()
+    return path == cache or cache in path.parents
+
+
+def _write_error(e: OSError, path: str | os.PathLike) -> DownloadError:
+    """A one-line error for a file that cannot be written; for the cache, the fix names BIGTRANSFER_HOME."""
+    fix = None
+    if _in_cache(Path(path)) and error_errno(e) in NO_ACCESS:
+        fix = "set BIGTRANSFER_HOME to a writable folder or fix its permissions"
+    elif _in_cache(Path(path)) and error_errno(e) in NO_SPACE:
+        fix = "free disk space or set BIGTRANSFER_HOME to a folder on another disk, then run again"
+    return write_error(e, path, fix, _CannotWrite)
+
+
+def _local_write_failure(e: BaseException) -> bool:
+    """True for an OSError about a local file (read-only, no space, no permission), not the network."""
+    return isinstance(e, OSError) and bool(e.filename) and e.errno in NO_ACCESS | NO_SPACE
+
+
 def _request(url: str, start: int):
     req = urllib.request.Request(url, headers={"User-Agent": "bigtransfer"})
     if start:
@@ -99,21 +125,28 @@ def _transfer(url: str, part: Path, progress: bool) -> None:
             start = 0
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
-        mode = "ab" if start else "wb"
+        try:
+            out = open(part, "ab" if start else "wb")  # noqa: SIM115 (closed by the with below)
+        except OSError as e:
+            raise _write_error(e, part) from None
         done = start
-        with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                         unit_divisor=1024, desc=part.name.removesuffix(".part"),
-                                         disable=not progress or None, leave=False) as bar:
-            try:
-                while True:
+        with out as f, tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=part.name.removesuffix(".part"), disable=not progress or None, leave=False) as bar:
+            while True:
+                try:
                     block = resp.read(CHUNK)
-                    if not block:
-                        break
-                    f.write(block)
-                    done += len(block)
-                    bar.update(len(block))
-            except (OSError, urllib.error.URLError) as e:  # connection reset, timeout, IncompleteRead
-                raise _Interrupted(f"{type(e).__name__} after {done} bytes") from None
+                except (OSError, urllib.error.URLError) as e:  # connection reset, timeout, IncompleteRead
+                    raise _Interrupted(f"{type(e).__name__} after {done} bytes") from None
+                try:
+                    if block:
+                        f.write(block)
+                    f.flush()
+                except OSError as e:  # a full disk: the bytes so far stay in ``part`` for the next try
+                    raise _write_error(e, part) from None
+                if not block:
+                    break
+                done += len(block)
+                bar.update(len(block))
         if total is not None and done < total:
             raise _Interrupted(f"connection closed after {done} of {total} bytes")
 
@@ -127,7 +160,10 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, *, al
         raise DownloadError(f"refusing plain-http URL {url}; use https (or pass allow_http=True for a trusted host)")
     if scheme not in ("http", "https"):
         raise DownloadError(f"unsupported URL scheme '{scheme}' in {url}; use https")
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(e, dest.parent) from None
     part = dest.with_name(dest.name + ".part")
     for attempt in range(_RESUMES + 1):
         try:
@@ -145,7 +181,10 @@ def download(url: str, dest: str | os.PathLike, sha256: str | None = None, *, al
         part.unlink(missing_ok=True)
         raise DownloadError(f"checksum mismatch for {url}: sha256 {digest[:16]}..., expected {sha256}; "
                             f"the corrupt file was removed, run again to re-download")
-    os.replace(part, dest)
+    try:
+        os.replace(part, dest)
+    except OSError as e:
+        raise _write_error(e, dest) from None
     return dest
 
 
@@ -200,8 +239,12 @@ def _from_hub(repo_id: str) -> Path:
         raise DownloadError("HF_HUB_OFFLINE is set")
     if not _hub_reachable():
         raise DownloadError(f"no connection to {_hub_host()}")
-    return Path(hf_hub_download(repo_id, HUB_FILE, cache_dir=cache_dir() / "huggingface",
-                                etag_timeout=_timeout()))
+    hub_cache = cache_dir() / "huggingface"
+    try:
+        hub_cache.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _write_error(e, hub_cache) from None
+    return Path(hf_hub_download(repo_id, HUB_FILE, cache_dir=hub_cache, etag_timeout=_timeout()))
 
 
 def cached_pretrained(cfg) -> Path | None:
@@ -219,13 +262,14 @@ def fetch_pretrained(cfg, *, allow_http: bool = False, progress: bool = True) ->
     if found is not None:
         return found
     if not cfg.url and not cfg.hf_hub_id:
-        raise DownloadError(f"{cfg.name} has no pretrained weights; create it without pretrained=True")
+        raise DownloadError(f"{cfg.name} has no published weights; pass --no-pretrained (pretrained=False in "
+                            f"Python) or --weights FILE")
     problems = []
     if cfg.url:
         try:
             return download(cfg.url, cache_path(cfg.url), cfg.sha256, allow_http=allow_http, progress=progress)
         except DownloadError as e:
-            if not str(e).startswith("cannot download"):  # a checksum or URL problem: the hub is no cure
+            if isinstance(e, _CannotWrite) or not str(e).startswith("cannot download"):  # the hub is no cure
                 raise
             problems.append(str(e))
     if cfg.hf_hub_id:
@@ -233,10 +277,16 @@ def fetch_pretrained(cfg, *, allow_http: bool = False, progress: bool = True) ->
             path = _from_hub(cfg.hf_hub_id)
             log.info("%s: weights from the Hugging Face hub (%s)", cfg.name, cfg.hf_hub_id)
             return path
+        except _CannotWrite:
+            raise
         except Exception as e:  # the hub client raises many types; any failure here means "not available"
+            if _local_write_failure(e):
+                raise _write_error(e, e.filename) from None
             problems.append(f"the Hugging Face hub repo {cfg.hf_hub_id} is not reachable either ({_reason(e)})")
     where = cache_path(cfg.url) if cfg.url else cache_dir() / "huggingface"
-    raise DownloadError(f"{cfg.name}: {'; '.join(problems)}; download the file by hand and save it as {where}")
+    raise DownloadError(f"{cfg.name}: {'; '.join(problems)}; download the file by hand and save it as {where}, "
+                        f"or pass --weights FILE (a local checkpoint) or --no-pretrained (weights=FILE or "
+                        f"pretrained=False in Python)")
 
 
 def fetch_labels(kind: str, *, progress: bool = True) -> list[str] | None:

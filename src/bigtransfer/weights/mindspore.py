@@ -327,11 +327,12 @@ def read_mindcv(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.T
     return mindcv_to_state_dict(tensors, ema=ema, source=str(path))
 
 
-def load_mindspore(model: nn.Module, path: str | os.PathLike, ema: bool = False) -> nn.Module:
+def load_mindspore(model: nn.Module, path: str | os.PathLike, ema: bool = False, *,
+                   adopt_head: bool = False) -> nn.Module:
     """Load a mindcv ``.ckpt`` into ``model``; its inputs then take ImageNet mean/std, as mindcv trains."""
     from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
 
-    load_into(model, read_mindcv(path, ema=ema), str(path))
+    load_into(model, read_mindcv(path, ema=ema), str(path), adopt_head=adopt_head)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_format="mindspore")
     model.pretrained_cfg = cfg

@@ -128,9 +128,13 @@ def npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, source: s
     return state
 
 
-def load_npz(model: nn.Module, path: str | os.PathLike) -> nn.Module:
-    """Load an official BiT ``.npz`` into ``model`` (strict; the head only when its size matches)."""
+def load_npz(model: nn.Module, path: str | os.PathLike, *, adopt_head: bool = False) -> nn.Module:
+    """Load an official BiT ``.npz`` into ``model`` (strict; the head as :func:`load_into` says)."""
     arrays = read_npz(path)
+    if adopt_head and "resnet/head/conv2d/bias" in arrays and hasattr(model, "reset_classifier"):
+        n = int(arrays["resnet/head/conv2d/bias"].shape[0])
+        if n != model.num_classes:
+            model.reset_classifier(n)
     if arrays and not all(k.startswith("resnet/") for k in arrays):
         bad = next(k for k in arrays if not k.startswith("resnet/"))
         raise CheckpointError(f"{path}: array '{bad}' is not in the official BiT layout (resnet/...); "
@@ -144,7 +148,7 @@ def load_npz(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     if missing:
         raise CheckpointError(f"{path}: missing array '{missing[0]}' with shape {wanted[missing[0]]} "
                               f"({len(missing)} missing); the file is incomplete or for another model")
-    load_into(model, npz_to_state_dict(arrays, model, str(path)), str(path))
+    load_into(model, npz_to_state_dict(arrays, model, str(path)), str(path), adopt_head=adopt_head)
     return model
 
 
