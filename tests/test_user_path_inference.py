@@ -103,7 +103,7 @@ def test_fine_tuning_on_another_class_count_says_the_head_is_replaced(run3, tmp_
                                                   "data": f"imagefolder:{data}", "eval_split": "none", "steps": 1,
                                                   "batch_size": 4, "workers": 0, "crop": 32, "precrop": 36}
     with caplog.at_level(logging.INFO, logger="bigtransfer"):
-        trainer = Trainer(cfg, tmp_path / "ft", dry_run=True)
+        trainer = Trainer(cfg, tmp_path / "ft")
     assert trainer.model.num_classes == 2
     assert "new zero-initialised head of 2 classes replaces the checkpoint's head of 3 classes" in caplog.text
 
@@ -117,7 +117,7 @@ def test_zero_head_applies_even_when_the_checkpoint_head_matches(run3, tmp_path,
                                                   "weights": str(weights), "data": f"imagefolder:{run3['data']}",
                                                   "eval_split": "none", "steps": 1, "batch_size": 4, "workers": 0,
                                                   "crop": 32, "precrop": 36, "zero_head": zero_head}
-    model = Trainer(cfg, tmp_path / "ft", dry_run=True).model
+    model = Trainer(cfg, tmp_path / "ft").model
     head = bt.weights.read_safetensors(weights)[0]["head.conv.weight"]
     if zero_head:
         assert model.head.conv.weight.abs().sum() == 0 and model.head.conv.bias.abs().sum() == 0
@@ -239,3 +239,12 @@ def test_convert_keeps_the_checkpoints_head(run3, tmp_path):
     model = bt.create_model("BiT-R14x0.5", weights=str(dst))
     want = bt.weights.read_safetensors(run3["run"] / "model.safetensors")[0]["head.conv.weight"]
     assert model.num_classes == 3 and torch.allclose(model.head.conv.weight, want)
+
+
+def test_a_dry_run_reads_no_weights(tmp_path, caplog):
+    """Planning a fine-tune of a model whose weights are not cached needs no download."""
+    data = colour_folders(tmp_path / "data", 4)
+    with caplog.at_level(logging.INFO, logger="bigtransfer"):
+        assert main(["finetune", "--model", "BiT-M-R50x1", "--data", f"imagefolder:{data}", "--eval-split", "none",
+                     "--out", str(tmp_path / "run"), "--dry-run", "--workers", "0", "--quiet"]) == 0
+    assert "plan: BiT-M-R50x1 (pretrained)" in caplog.text and "resize 160, random crop 128" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import os
 import shutil
@@ -64,6 +65,13 @@ def run_weights(run: Path) -> Path:
 def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, int | None]:
     """A model from a run folder (``config.yaml`` and the run's weights), a weights file of any supported
     format, or a registered model name (pretrained); also the input size when it is known."""
+    model, size, _ = load_for_export(source, model_name)
+    return model, size
+
+
+def load_for_export(source: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, int | None, dict]:
+    """As ``load_run_or_checkpoint``, plus what a deployer needs to know (see ``deploy_facts``): class names, input
+    mean/std and the evaluation preprocessing, from the run's config or the weights file's metadata."""
     from .models import create_model, get_config
     from .weights import load_checkpoint
     from .weights.convert import model_for, read_checkpoint
@@ -89,14 +97,136 @@ def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = N
         load_checkpoint(model, weights)
         model.pretrained_cfg["num_classes"] = model.num_classes
         size = run.get("eval_crop") or run.get("crop") or run.get("input_size") or get_config(str(name)).input_size
-        return model, int(size) if size else None
+        classes = _read_classes(path / "classes.json")
+        if classes is None and weights.suffix == ".safetensors":
+            classes = _classes_from_meta(_safetensors_metadata(weights))
+        facts = deploy_facts(model, {**run, "model": str(name)}, classes)
+        return model, int(size) if size else None, facts
     if path.is_file():
-        model = model_for(read_checkpoint(path), model_name, str(path))
-        return model, model.pretrained_cfg.get("input_size")
+        loaded = read_checkpoint(path)
+        model = model_for(loaded, model_name, str(path))
+        meta = loaded.metadata
+        classes = _classes_from_meta(meta)
+        if classes is None:
+            classes = _read_classes(path.parent / "classes.json")
+        size = _as_int(meta.get("eval_crop")) or model.pretrained_cfg.get("input_size")
+        return model, size, deploy_facts(model, meta, classes)
     if model_name is None:
         cfg = get_config(str(source))  # unknown names raise UnknownNameError with a suggestion
-        return create_model(cfg.name, pretrained=True), cfg.input_size
+        model = create_model(cfg.name, pretrained=True)
+        settings: dict = {"model": cfg.name}
+        if cfg.weights_format == "mindspore":  # ImageNet-style validation, as ``bit predict`` does
+            settings.update(transforms="recipe", eval_crop=cfg.input_size,
+                            eval_resize=round(cfg.input_size * 256 / 224))
+        return model, cfg.input_size, deploy_facts(model, settings, _label_names(cfg.labels))
     raise CheckpointError(f"{source}: no such file or run folder; check the path")
+
+
+def deploy_facts(model: nn.Module, settings: dict, classes: list[str] | None) -> dict:
+    """The model name, classes, mean/std and eval preprocessing from a run config or a weights file's metadata
+    (``settings``), falling back to what the model's ``pretrained_cfg`` says."""
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    mean = _floats(settings.get("mean")) or _floats(pc.get("mean")) or [0.5, 0.5, 0.5]
+    std = _floats(settings.get("std")) or _floats(pc.get("std")) or [0.5, 0.5, 0.5]
+    if classes is not None and len(classes) != model.num_classes:
+        classes = None
+    return {"model": str(settings.get("model") or pc.get("name") or pc.get("arch") or ""),
+            "num_classes": int(model.num_classes), "classes": classes, "mean": mean, "std": std,
+            "transforms": str(settings.get("transforms") or "hyperrule"),
+            "eval_crop": _as_int(settings.get("eval_crop")), "eval_resize": _as_int(settings.get("eval_resize"))}
+
+
+def onnx_metadata(facts: dict, size: int) -> dict[str, str]:
+    """ONNX metadata props for a model exported at ``size``: classes, mean, std and how to preprocess an image.
+
+    ``transforms`` is ``hyperrule`` (squash-resize to ``resize`` x ``resize``) or ``recipe`` (resize the shorter
+    side to ``resize``, then centre-crop ``input_size``); then scale to [0, 1] and normalise with ``mean``/``std``.
+    """
+    from . import __version__
+
+    transforms = facts["transforms"]
+    classes = facts["classes"] or [f"LABEL_{i}" for i in range(facts["num_classes"])]
+    if transforms == "recipe":
+        resize = facts["eval_resize"] or size
+        if facts["eval_crop"] and facts["eval_crop"] != size:  # exported at another size: keep the resize ratio
+            resize = round(resize * size / facts["eval_crop"])
+        steps = f"resize the shorter side to {resize} (bilinear), centre-crop {size} x {size}"
+    else:
+        resize = size
+        steps = f"squash-resize to {size} x {size} (bilinear)"
+    meta = {"classes": json.dumps(classes), "mean": json.dumps(facts["mean"]), "std": json.dumps(facts["std"]),
+            "input_size": str(size), "transforms": transforms, "resize": str(resize),
+            "preprocessing": f"RGB, {steps}, scale to [0, 1], subtract mean, divide by std, NCHW float32",
+            "model": facts["model"], "num_classes": str(facts["num_classes"]), "producer": f"bigtransfer {__version__}"}
+    return {k: v for k, v in meta.items() if v}
+
+
+def write_metadata(path: str | os.PathLike, props: dict[str, str]) -> bool:
+    """Set ``props`` as metadata props of the ONNX file at ``path`` (external data stays where it is)."""
+    try:
+        import onnx
+    except ImportError:
+        log.warning("the onnx package is not installed; the model metadata (classes, preprocessing) was not written")
+        return False
+    model = onnx.load(str(path), load_external_data=False)
+    kept = [(p.key, p.value) for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    for key, value in [*kept, *props.items()]:
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return True
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "", "None") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: object) -> list[float] | None:
+    """``[a, b, c]`` or ``"a,b,c"`` as a list of floats; None when absent or unreadable."""
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        out = [float(v) for v in value] if value else None
+    except (TypeError, ValueError):
+        return None
+    return out if out and len(out) == 3 else None
+
+
+def _read_classes(path: Path) -> list[str] | None:
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def _classes_from_meta(meta: dict) -> list[str] | None:
+    try:
+        classes = json.loads(meta.get("classes") or "null")
+    except ValueError:
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # the weights were read already; a header this reader refuses only loses the class names
+        return {}
+
+
+def _label_names(labels: str | None) -> list[str] | None:
+    if labels is None:
+        return None
+    from .weights.download import fetch_labels
+
+    return fetch_labels(labels)
 
 
 def opset_range(dynamo: bool) -> tuple[int, int]:
@@ -156,12 +286,14 @@ def _quiet_exporter():
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, opset: int = 18,
-                check: bool = True, dynamo: bool = True, atol: float = 1e-4) -> float | None:
+                check: bool = True, dynamo: bool = True, atol: float = 1e-4,
+                metadata: dict[str, str] | None = None) -> float | None:
     """Write ``model`` as ONNX with a dynamic batch axis; returns onnxruntime's max |logit diff| vs PyTorch.
 
     The file is written next to ``path`` first and moved into place only when complete (and, with
     ``check``, only when onnxruntime's logits are within ``atol`` of PyTorch's). Opsets below 18 are written
-    by the TorchScript exporter; the written file must declare ``opset``.
+    by the TorchScript exporter; the written file must declare ``opset``. ``metadata`` (see ``onnx_metadata``)
+    becomes the file's metadata props.
     """
     dynamo = _choose_exporter(opset, dynamo)
     path = Path(path)
@@ -186,6 +318,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, o
         if written is not None and written != opset:
             raise BitError(f"the exporter wrote ONNX opset {written}, not the {opset} asked for, so nothing was "
                            f"written; choose opset {written}")
+        if metadata:
+            write_metadata(tmp, metadata)
         diff = check_onnx(model, tmp, size, atol=atol) if check else None
         for f in sorted(tmpdir.iterdir(), key=lambda p: p.name == path.name):  # the .onnx itself last
             os.replace(f, path.parent / f.name)
@@ -218,4 +352,5 @@ def check_onnx(model: nn.Module, onnx_path: str | os.PathLike, size: int, atol: 
     return worst
 
 
-__all__ = ["export_onnx", "bake_standardized", "check_onnx", "load_run_or_checkpoint"]
+__all__ = ["export_onnx", "bake_standardized", "check_onnx", "deploy_facts", "load_for_export",
+           "load_run_or_checkpoint", "onnx_metadata", "write_metadata"]

@@ -103,6 +103,8 @@ def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None
     g.add_argument("--out", help="run folder (default: runs/<model>_<data>)")
     g.add_argument("--overwrite", action="store_true", help="replace a different run in --out")
     g.add_argument("--quiet", action="store_true", help="no progress bars, log lines only")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", default=None,
+                   help="write no TensorBoard event files (RUN/tensorboard)")
     g.add_argument("--skip-corrupt", action="store_true", default=None, help="skip unreadable images, counting them")
     g.add_argument("--head-only", action="store_true", default=None,
                    help="train only the classifier on cached features of the frozen backbone (linear probe)")
@@ -135,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> dict:
     """Recipe, then flags, then ``--set`` overrides."""
     cfg = load_recipe(args.recipe)
     flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag, None) is not None}
-    for key in ("pretrained", "skip_corrupt", "head_only"):
+    for key in ("pretrained", "skip_corrupt", "head_only", "tensorboard"):
         if getattr(args, key, None) is not None:
             flags[key] = getattr(args, key)
     if args.lr is not None:  # a learning rate given here is the one used, at the run's own batch size

@@ -10,17 +10,21 @@ from .common import positive_int
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_onnx, load_run_or_checkpoint
+    from ..export import export_onnx, load_for_export, onnx_metadata
 
     out = Path(args.onnx)
     if out.exists() and not args.overwrite:
         raise BitError(f"{out} exists; pass --overwrite to replace it")
-    model, size = load_run_or_checkpoint(args.source, args.model)
+    model, size, facts = load_for_export(args.source, args.model)
     size = args.size or size or 224
-    diff = export_onnx(model, out, size, opset=args.opset, check=not args.no_check, dynamo=not args.legacy)
+    meta = onnx_metadata(facts, size)
+    diff = export_onnx(model, out, size, opset=args.opset, check=not args.no_check, dynamo=not args.legacy,
+                       metadata=meta)
     checked = f"; onnxruntime max |logit diff| vs PyTorch {diff:.2e}" if diff is not None else ""
     print(f"wrote {out} (opset {args.opset}, input N x 3 x {size} x {size}, dynamic batch, {model.num_classes} "
           f"classes{checked})")
+    print(f"  metadata: {meta['preprocessing']}; mean {meta['mean']}, std {meta['std']}; "
+          f"{'class names' if facts['classes'] else 'no class names (LABEL_i)'}")
     return 0
 
 
@@ -28,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX (dynamic batch), checked against PyTorch",
                        description="Export a run folder (config.yaml and its final or newest weights), a "
                        "weights file of any supported format, or a pretrained model name to ONNX. The "
-                       "weight standardization is baked into plain convolutions.")
+                       "weight standardization is baked into plain convolutions; the class names, mean/std and "
+                       "evaluation preprocessing are written as ONNX metadata props.")
     p.add_argument("source", metavar="RUN_OR_CKPT", help="run folder, weights file or model name")
     p.add_argument("--onnx", required=True, metavar="OUT", help="output .onnx file")
     p.add_argument("--model", default=None, help="registered model name (needed when it cannot be inferred)")

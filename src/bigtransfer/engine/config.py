@@ -78,13 +78,15 @@ DEFAULTS: dict[str, Any] = {
     "eval_every": 0,
     "save_every": 100,
     "keep_checkpoints": 2,
+    "tensorboard": True,  # TensorBoard event files in RUN/tensorboard (when the tensorboard package is installed)
     # derived when a run starts, recorded in its config.yaml
     "n_train": None,
     "steps_per_epoch": None,
 }
 
 # Keys that do not change what a run computes: a run folder may be resumed with other values.
-NON_IDENTITY = {"workers", "log_every", "eval_every", "save_every", "keep_checkpoints", "device", "weights"}
+NON_IDENTITY = {"workers", "log_every", "eval_every", "save_every", "keep_checkpoints", "device", "weights",
+                "tensorboard"}
 
 
 def check_keys(cfg: dict, source: str) -> None:

@@ -10,42 +10,118 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
+
+
+def read_rows(metrics_file: Path) -> list[dict]:
+    """The rows of a ``metrics.jsonl``; lines that are not JSON objects are skipped."""
+    rows = []
+    for line in Path(metrics_file).read_text().splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
+def training_figure(rows: list[dict]) -> Figure | None:
+    """Loss and learning rate (its own axis) against step and, when the rows hold evaluations, accuracy below."""
+    train = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "top1" in r]
+    if not train:
+        return None
+    if evals:
+        fig, (ax, acc) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[3, 2])
+    else:
+        fig, ax = plt.subplots(figsize=(7, 3.8))
+        acc = None
+    steps = [r["step"] for r in train]
+    (loss_line,) = ax.plot(steps, [r["loss"] for r in train], color="tab:blue", label="train loss")
+    ax.set_ylabel("loss", color="tab:blue")
+    ax.tick_params(axis="y", colors="tab:blue")
+    ax.grid(alpha=0.3)
+    handles = [loss_line]
+    lr_rows = [r for r in train if isinstance(r.get("lr"), int | float)]
+    if lr_rows:
+        ax2 = ax.twinx()
+        (lr_line,) = ax2.plot([r["step"] for r in lr_rows], [r["lr"] for r in lr_rows], color="tab:orange",
+                              label="learning rate (right axis)")
+        ax2.set_ylabel("learning rate", color="tab:orange")
+        ax2.tick_params(axis="y", colors="tab:orange")
+        ax2.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.1e}" if v else "0"))
+        ax2.set_ylim(bottom=0)
+        handles.append(lr_line)
+    ax.legend(handles=handles, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=len(handles), frameon=False)
+    if acc is not None:
+        e_steps = [r["step"] for r in evals]
+        acc.plot(e_steps, [r["top1"] for r in evals], marker="o", color="tab:green", label="top-1")
+        if all("top5" in r for r in evals):
+            acc.plot(e_steps, [r["top5"] for r in evals], marker="s", color="tab:purple", alpha=0.6, label="top-5")
+        last = evals[-1]
+        acc.annotate(f"{last['top1']:.1f}%", (last["step"], last["top1"]), textcoords="offset points",
+                     xytext=(0, -8), ha="center", va="top", fontsize=8, color="tab:green")
+        acc.set_ylabel("eval accuracy (%)")
+        acc.set_ylim(0, 105)
+        acc.grid(alpha=0.3)
+        acc.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
+        acc.set_xlabel("step")
+    else:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    return fig
 
 
 def plot_training(metrics_file: Path, out: Path) -> Path | None:
-    """Loss and learning rate against step, from a run's ``metrics.jsonl``."""
-    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
-    train = [r for r in rows if "loss" in r]
-    if not train:
+    """``training_figure`` of a run's ``metrics.jsonl``, written to ``out``; None when it has no training rows."""
+    fig = training_figure(read_rows(metrics_file))
+    if fig is None:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in train], [r["lr"] for r in train], color="tab:orange", alpha=0.6, label="lr")
-    ax2.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
-    fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
 
 
-def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> Path:
-    """Row-normalised confusion matrix (true class by row)."""
-    m = np.asarray(confusion, dtype=float)
-    m = m / np.maximum(m.sum(1, keepdims=True), 1)
+def confusion_figure(confusion: list[list[int]], classes: list[str], counts_up_to: int = 30) -> Figure:
+    """Row-normalised confusion matrix (true class by row) with a colour bar, a title with n and top-1, and the
+    counts written in the cells when there are at most ``counts_up_to`` classes."""
+    counts = np.asarray(confusion, dtype=np.int64)
+    m = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     n = len(classes)
-    size = min(2 + 0.35 * n, 16)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    total = int(counts.sum())
+    top1 = 100.0 * np.trace(counts) / max(total, 1)
+    side = min(3.0 + 0.38 * n, 16)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(m, cmap="Blues", vmin=0, vmax=1)
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("fraction of the true class")
     if n <= 40:
-        ax.set_xticks(range(n), classes, rotation=90, fontsize=7)
-        ax.set_yticks(range(n), classes, fontsize=7)
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=7 if n > 10 else 9)
+        ax.set_yticks(range(n), classes, fontsize=7 if n > 10 else 9)
+    if n <= counts_up_to:
+        size = 10 if n <= 10 else 8 if n <= 20 else 7
+        for i in range(counts.shape[0]):
+            for j in range(counts.shape[1]):
+                c = int(counts[i, j])
+                colour = "white" if m[i, j] > 0.5 else ("black" if c else "0.7")
+                ax.text(j, i, str(c), ha="center", va="center", fontsize=size, color=colour)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
+    ax.set_title(f"confusion matrix: n = {total}, top-1 {top1:.1f}%")
     fig.tight_layout()
+    return fig
+
+
+def cell_texts(fig: Figure) -> list[str]:
+    """The numbers written in the cells of a ``confusion_figure``, row by row."""
+    return [t.get_text() for t in fig.axes[0].texts]
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> Path:
+    """``confusion_figure`` written to ``out``."""
+    fig = confusion_figure(confusion, classes)
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out

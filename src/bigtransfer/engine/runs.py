@@ -34,11 +34,8 @@ def load_run(source: str | Path, weights: str | None = None) -> LoadedModel:
     if is_run_dir(source):
         return _from_run(Path(source), weights)
     path = Path(source)
-    if path.is_file():
+    if path.is_file() or path.is_dir():  # a weights file, or a folder holding one (e.g. a Hugging Face folder)
         return _from_file(path, None)
-    if path.is_dir():
-        raise BitError(f"{source} is a folder without config.yaml, not a run folder; give a run folder, a weights "
-                       f"file or a model name ('bit models' lists them)")
     text = str(source)
     if "/" in text or text.startswith((".", "~")):
         raise BitError(f"no such run folder '{source}'; give a run folder (with config.yaml), a weights file or a "
@@ -56,7 +53,7 @@ def load_run(source: str | Path, weights: str | None = None) -> LoadedModel:
 def _from_run(run: Path, weights: str | None) -> LoadedModel:
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     final = Path(weights) if weights else run / "model.safetensors"
-    if not final.is_file():
+    if not final.exists():
         raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
     model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]))
     from ..weights import load_checkpoint
@@ -71,7 +68,7 @@ def _from_file(path: Path, name: str | None) -> LoadedModel:
     """A bare weights file: its metadata (ours) or its keys give the architecture, its head the classes."""
     from ..weights.convert import model_for, read_checkpoint
 
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(f"{path}: no such weights file; check the path")
     loaded = read_checkpoint(path)
     model = model_for(loaded, name, str(path)).eval()

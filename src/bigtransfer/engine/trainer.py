@@ -163,7 +163,7 @@ def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
             diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
             raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
                            f"use another --out, or --overwrite to replace it")
-        for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors"):
+        for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors", "tensorboard"):
             target = run_dir / name
             shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -212,9 +212,10 @@ class Trainer:
         self.train_set, self.eval_set = train_set, eval_set
         self.classes = list(train_set.classes)
         torch.manual_seed(int(cfg["seed"]))
-        if model is None:
-            model = create_model(cfg["model"], pretrained=bool(cfg["pretrained"]),
-                                 num_classes=cfg.get("num_classes") or len(self.classes), weights=cfg.get("weights"))
+        if model is None:  # a dry run only plans: it neither downloads nor reads the weights
+            model = create_model(cfg["model"], pretrained=bool(cfg["pretrained"]) and not dry_run,
+                                 num_classes=cfg.get("num_classes") or len(self.classes),
+                                 weights=None if dry_run else cfg.get("weights"))
         self.cfg = resolve(cfg, len(train_set), tuple(train_set.image_size), len(self.classes), model.pretrained_cfg)
         if self.cfg["num_classes"] != model.num_classes:
             model.reset_classifier(self.cfg["num_classes"])
@@ -228,7 +229,12 @@ class Trainer:
             for line in lines + warnings_for(self.cfg):
                 log.info("%s", line)
         if not self.cfg["head_only"]:
-            check_memory(self.cfg, model, self.device, self.info.world)
+            try:
+                check_memory(self.cfg, model, self.device, self.info.world)
+            except BitError as e:
+                if not dry_run:
+                    raise
+                log.warning("warning: %s", e)  # a plan reports; the run itself would refuse
         self.dry_run = dry_run
         if dry_run:
             self.model = model
@@ -261,8 +267,19 @@ class Trainer:
 
     def _log(self, row: dict) -> None:
         if self.info.is_main:
+            if getattr(self, "_events", None) is None:  # opened before the row lands in metrics.jsonl
+                from .tensorboard import EventLog
+
+                self._events = EventLog(self.run_dir, bool(self.cfg.get("tensorboard", True)),
+                                        getattr(self, "_first_step", 0))
+                self._events.start()
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
+            self._events.log(row)
+
+    def _close_events(self) -> None:
+        if getattr(self, "_events", None) is not None:
+            self._events.close()
 
     def _trim_metrics(self, step: int) -> None:
         """Drop metric rows a killed run wrote after its last checkpoint, so resumed curves do not repeat."""
@@ -312,8 +329,11 @@ class Trainer:
                 ema.load_state_dict(ema_state)
             start = int(train_state["step"])
             self._trim_metrics(start)
+            self._first_step = start  # TensorBoard events from this step on are purged and written again
             if self.info.is_main:
                 log.info("resuming %s at step %d", path, start)
+        else:
+            self._trim_metrics(0)  # rows of an attempt that saved no checkpoint are redone
         total = int(c["steps"])
         if self.info.enabled:
             self.model = DistributedDataParallel(model)
@@ -396,11 +416,14 @@ class Trainer:
                 if c["save_every"] and step % int(c["save_every"]) == 0 and step < total:
                     last_ckpt = self._save(step, opt, scaler, ema, last_ckpt)
                 if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < total and self.eval_set:
-                    self._log({"step": step, **self._evaluate(ema)})
+                    row = self._evaluate(ema)
+                    row.pop("_full")
+                    self._log({"step": step, **row})
                 if stop.signum is not None:
                     ckpt = self._save(step, opt, scaler, ema, last_ckpt)
                     if bar:
                         bar.close()
+                    self._close_events()
                     raise Interrupted(stop.signum, ckpt)
         if bar:
             bar.close()
@@ -449,6 +472,7 @@ class Trainer:
                                                               "n_train": len(self.train_set), **result.metrics})
         if self.info.is_main:
             (self.run_dir / "summary.txt").write_text(result.summary_line + "\n")
+        self._close_events()
         return result
 
 

@@ -325,7 +325,9 @@ def load():
         _failed = True
         return None
     # -march=native code must not be reused on another CPU: the build name covers the CPU's features.
-    key = "\n".join([_SOURCE, *_FLAGS, torch.__version__, platform.machine(), _cpu_flags()])
+    # ... and the torch installation it links against, so two environments never rebuild each other's copy
+    key = "\n".join([_SOURCE, *_FLAGS, torch.__version__, platform.machine(), _cpu_flags(),
+                     os.path.dirname(torch.__file__)])
     name = "bigtransfer_kernels_" + hashlib.sha256(key.encode()).hexdigest()[:12]
     quiet = logging.getLogger("torch.utils.cpp_extension")
     level = quiet.level

@@ -29,6 +29,10 @@ ARCHS: dict[str, tuple[tuple[int, ...], float]] = {
 }
 TIMM_ARCH = {"R50x1": "resnetv2_50x1_bit", "R50x3": "resnetv2_50x3_bit", "R101x1": "resnetv2_101x1_bit",
              "R101x3": "resnetv2_101x3_bit", "R152x2": "resnetv2_152x2_bit", "R152x4": "resnetv2_152x4_bit"}
+# timm's pretrained tags in the order its default_cfgs lists them: the first one an architecture has is the
+# tag a bare timm name (``resnetv2_50x1_bit``) loads.
+TIMM_TAG_ORDER = ("goog_distilled_in1k", "goog_teacher_in21k_ft_in1k", "goog_teacher_in21k_ft_in1k_384",
+                  "goog_in21k_ft_in1k", "goog_in21k")
 
 
 @dataclass(frozen=True)
@@ -111,13 +115,51 @@ def list_models(pretrained: bool | None = None) -> list[str]:
     return [n for n, c in _REGISTRY.items() if pretrained is None or c.has_pretrained == pretrained]
 
 
+def timm_name(cfg: ModelConfig) -> str | None:
+    """The timm model name (``resnetv2_50x1_bit.goog_in21k``) whose weights ``cfg`` uses, if any."""
+    if cfg.hf_hub_id and cfg.hf_hub_id.startswith("timm/"):
+        return cfg.hf_hub_id[len("timm/"):]
+    return None
+
+
+def timm_aliases() -> dict[str, str]:
+    """timm model names mapped to ours: every ``arch.tag`` of a registered model, and each bare ``arch``.
+
+    A bare name means timm's default tag for it: the first of ``TIMM_TAG_ORDER`` that the architecture has.
+    """
+    tagged: dict[str, str] = {}
+    for cfg in _REGISTRY.values():
+        alias = timm_name(cfg)
+        if alias:
+            tagged.setdefault(alias, cfg.name)
+
+    def rank(alias: str) -> int:
+        tag = alias.partition(".")[2]
+        return TIMM_TAG_ORDER.index(tag) if tag in TIMM_TAG_ORDER else len(TIMM_TAG_ORDER)
+
+    bare: dict[str, str] = {}
+    for alias in sorted(tagged, key=rank):
+        bare.setdefault(alias.partition(".")[0], tagged[alias])
+    return {**tagged, **bare}
+
+
 def get_config(name: str) -> ModelConfig:
-    """The configuration of a registered model; names match case-insensitively."""
+    """The configuration of a registered model; names match case-insensitively.
+
+    timm names are aliases: ``resnetv2_50x1_bit.goog_in21k`` is ``BiT-M-R50x1``, and a bare
+    ``resnetv2_50x1_bit`` is timm's default tag for it (the first of ``TIMM_TAG_ORDER`` it has).
+    """
     if name in _REGISTRY:
         return _REGISTRY[name]
     for key, cfg in _REGISTRY.items():
         if key.lower() == name.lower():
             return cfg
+    aliases = timm_aliases()
+    for alias, target in aliases.items():
+        if alias.lower() == name.lower():
+            return _REGISTRY[target]
+    if name.lower().startswith("resnetv2"):
+        raise UnknownNameError("model", name, aliases, hint="run 'bit models --timm' to list them")
     raise UnknownNameError("model", name, _REGISTRY)
 
 

@@ -17,12 +17,21 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, ema: bool = Fa
     """Load weights of any supported format into ``model``, detecting the format from the content.
 
     Official ``.npz``; safetensors in our, timm or transformers layout; MindSpore ``.ckpt`` (mindcv; ``ema``
-    takes its EMA copy); a torch state dict in any of those layouts (read with ``weights_only=True``).
+    takes its EMA copy); a torch state dict in any of those layouts (read with ``weights_only=True``); a folder:
+    a Hugging Face one (``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``; its input mean/std
+    are taken from ``preprocessor_config.json``) or one holding a single weights file.
     With ``adopt_head`` the checkpoint's head (size and values) replaces the model's.
     """
-    from .convert import apply_input_stats, detect_format, read_checkpoint
+    from .convert import apply_input_stats, detect_format, read_checkpoint, weights_in_folder
+    from .hf import is_hf_folder
     from .mindspore import load_mindspore
 
+    if os.path.isdir(path):
+        if is_hf_folder(path):
+            loaded = read_checkpoint(path, ema=ema)
+            load_into(model, loaded.state, str(path), adopt_head=adopt_head)
+            return apply_input_stats(model, loaded)
+        path = weights_in_folder(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; check the path")
     fmt = detect_format(path)

@@ -1,7 +1,9 @@
-"""Format detection by content, reading any checkpoint into our key names, and conversion between formats."""
+"""Format detection by content, reading any checkpoint (or a folder holding one) into our key names, and conversion
+between formats."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pickle
@@ -17,7 +19,18 @@ from torch import nn
 
 from ..errors import CheckpointError
 from .common import atomic_write, load_into
-from .hf import hf_to_state_dict, state_dict_to_hf
+from .hf import (
+    check_hf_config,
+    hf_config,
+    hf_folder_metadata,
+    hf_preprocessor_config,
+    hf_to_state_dict,
+    hf_weights_files,
+    is_hf_folder,
+    read_hf_config,
+    state_dict_to_hf,
+    write_hf_folder,
+)
 from .mindspore import looks_like_ckpt, mindcv_to_state_dict, read_mindcv, state_dict_to_mindcv, write_ckpt
 from .npz import _to_tf_layout, npz_key, npz_to_state_dict, read_npz
 from .st import is_safetensors, read_safetensors, write_safetensors
@@ -29,6 +42,10 @@ TARGETS = ("npz", "safetensors", "timm", "hf", "ckpt")
 _EXTENSIONS = {".npz": "npz", ".ckpt": "ckpt", ".safetensors": "safetensors"}
 _WRAPPERS = ("state_dict", "model", "model_state_dict", "module")
 _UNIT = re.compile(r"body\.block(\d+)\.unit(\d+)\.")
+WEIGHT_SUFFIXES = (".npz", ".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+# in a folder, these names are the weights whatever else it holds (a Hugging Face download, a run folder)
+WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")
+HF_FILES = ("model.safetensors", "config.json", "preprocessor_config.json")  # what a transformers export writes
 
 
 @dataclass
@@ -39,6 +56,30 @@ class Loaded:
     file_format: str  # npz | safetensors | mindspore | torch
     layout: str  # ours | timm | hf | mindcv | npz
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def weights_in_folder(folder: str | os.PathLike) -> Path:
+    """The one weights file of ``folder``: ``model.safetensors``, ``pytorch_model.bin``, or its only weights file."""
+    folder = Path(folder)
+    for name in WEIGHT_NAMES:
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file())
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(p.name for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise CheckpointError(f"folder '{folder}' holds {len(found)} weights files ({names}); give one of them")
+    raise CheckpointError(f"folder '{folder}' holds no weights file (looked for {', '.join(WEIGHT_NAMES)} and "
+                          f"*{', *'.join(WEIGHT_SUFFIXES)}); give the weights file")
+
+
+def source_files(path: str | os.PathLike) -> list[Path]:
+    """The weights files that reading ``path`` opens: the file itself, or those of a folder."""
+    path = Path(path)
+    if not path.is_dir():
+        return [path]
+    return (hf_weights_files(path) if is_hf_folder(path) else None) or [weights_in_folder(path)]
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -130,7 +171,14 @@ def to_ours(tensors: Mapping[str, torch.Tensor], layout: str, source: str, ema: 
 
 
 def read_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> Loaded:
-    """Read any supported weights file into our key names (architecture-agnostic, nothing unpickled)."""
+    """Read any supported weights file into our key names (architecture-agnostic, nothing unpickled).
+
+    ``path`` may be a folder: a Hugging Face folder (``config.json`` beside ``model.safetensors`` or
+    ``pytorch_model.bin``) adds what its configs say (classes from ``id2label``, mean/std and eval size from
+    ``preprocessor_config.json``) to the metadata; any other folder is read through its one weights file.
+    """
+    if Path(path).is_dir():
+        return _read_folder(Path(path), ema)
     path = str(path)
     fmt = detect_format(path)
     if fmt == "npz":
@@ -150,6 +198,27 @@ def read_checkpoint(path: str | os.PathLike, *, ema: bool = False) -> Loaded:
         tensors, meta = _read_torch(path), {}
     layout = detect_layout(tensors)
     return Loaded(to_ours(tensors, layout, path, ema=ema), fmt, layout, meta)
+
+
+def _read_folder(folder: Path, ema: bool) -> Loaded:
+    """A folder's weights; for a Hugging Face folder with its ``config.json`` checked and turned into metadata."""
+    if not is_hf_folder(folder):
+        return read_checkpoint(weights_in_folder(folder), ema=ema)
+    config = read_hf_config(folder)
+    files = source_files(folder)
+    if len(files) == 1:
+        loaded = read_checkpoint(files[0], ema=ema)
+    else:
+        tensors: dict[str, torch.Tensor] = {}
+        for file in files:  # the shards of a sharded checkpoint
+            safetensors = detect_format(file) == "safetensors"
+            tensors.update(read_safetensors(file)[0] if safetensors else _read_torch(str(file)))
+        layout = detect_layout(tensors)
+        loaded = Loaded(to_ours(tensors, layout, str(folder), ema=ema), detect_format(files[0]), layout)
+    if loaded.layout == "hf" and "root.conv.weight" in loaded.state:
+        check_hf_config(config, infer_architecture(loaded.state, str(folder)), str(folder))
+    loaded.metadata = {**loaded.metadata, **hf_folder_metadata(folder, config)}
+    return loaded
 
 
 def _template_for_npz(arrays: Mapping[str, np.ndarray], source: str) -> nn.Module:
@@ -249,7 +318,11 @@ def apply_input_stats(model: nn.Module, loaded: Loaded) -> nn.Module:
 
 def write_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike, to: str,
                      metadata: Mapping[str, str] | None = None) -> Path:
-    """Write our-name ``state`` as ``to`` (npz | safetensors | timm | hf | ckpt), atomically."""
+    """Write our-name ``state`` as ``to`` (npz | safetensors | timm | hf | ckpt), atomically, as one file.
+
+    ``metadata`` goes into safetensors files (ours and transformers'); ``convert`` writes a whole transformers
+    folder (with ``config.json``) instead when the destination is not a ``.safetensors`` file.
+    """
     state = {k: v.detach().float() for k, v in state.items()}
     if to == "npz":
         arrays = {npz_key(k): np.ascontiguousarray(_to_tf_layout(v.numpy())) for k, v in state.items()}
@@ -264,7 +337,7 @@ def write_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike,
     if to == "timm":
         return write_safetensors({to_timm_key(k): v for k, v in state.items()}, path)
     if to == "hf":
-        return write_safetensors(state_dict_to_hf(state), path)
+        return write_safetensors(state_dict_to_hf(state), path, metadata)
     if to == "ckpt":
         return write_ckpt(state_dict_to_mindcv(state), path)
     raise CheckpointError(f"unknown target format '{to}'; choose one of {', '.join(TARGETS)}")
@@ -275,12 +348,104 @@ def target_from_path(path: str | os.PathLike) -> str | None:
     return _EXTENSIONS.get(Path(path).suffix.lower())
 
 
+def is_folder_target(dst: str | os.PathLike, to: str | None) -> bool:
+    """True when ``convert`` writes ``dst`` as a transformers folder: ``to`` is hf and ``dst`` no .safetensors file."""
+    return to == "hf" and Path(dst).suffix.lower() != ".safetensors"
+
+
+def _check_folder_target(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
+    """A transformers folder may be new or empty; a non-empty one needs ``overwrite``, and never holds the source."""
+    if dst.exists() and not dst.is_dir():
+        raise CheckpointError(f"{dst} is a file; --to hf writes a folder (model.safetensors, config.json, "
+                              f"preprocessor_config.json): give a folder name, or a .safetensors name for the "
+                              f"weights alone")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+        raise CheckpointError(f"folder {dst} is not empty; pass --overwrite to replace its model files, or give a "
+                              f"new folder")
+    ours = {(dst / name).resolve() for name in HF_FILES}
+    if Path(src).resolve() == dst.resolve() or any(f.resolve() in ours for f in source_files(src)):
+        raise CheckpointError(f"{dst} holds the source weights; write to another folder")
+
+
+def classes_for(loaded: Loaded, src: str | os.PathLike, num_classes: int) -> list[str] | None:
+    """The class names of a checkpoint: its metadata's, else a ``classes.json`` beside it; None unless they fit."""
+    names = None
+    if loaded.metadata.get("classes"):
+        try:
+            names = json.loads(loaded.metadata["classes"])
+        except json.JSONDecodeError:
+            names = None
+    else:
+        beside = (Path(src) if Path(src).is_dir() else Path(src).parent) / "classes.json"
+        if beside.is_file():
+            try:
+                names = json.loads(beside.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                names = None
+    ok = isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)
+    return names if ok else None
+
+
+def registry_classes(model_name: str | None, num_classes: int) -> list[str] | None:
+    """The class names of a registered model's pretrained head (downloaded once), when the head is that size."""
+    from ..models import get_config
+
+    try:
+        cfg = get_config(model_name) if model_name else None
+    except KeyError:
+        return None
+    if cfg is None or not cfg.labels or cfg.num_classes != num_classes:
+        return None
+    from .download import fetch_labels
+
+    names = fetch_labels(cfg.labels)
+    return names if names is not None and len(names) == num_classes else None
+
+
+def eval_inputs(model: nn.Module, loaded: Loaded) -> dict:
+    """How inputs are prepared for ``model`` at evaluation: transforms, eval_crop, eval_resize, mean, std.
+
+    From the checkpoint's metadata (a run's final weights record them), else the model's input size with the
+    HyperRule's squash resize; MindSpore weights get the ImageNet-style resize 256 (for 224) and centre crop.
+    """
+    from ..data.transforms import normalization
+
+    meta = loaded.metadata
+    mean, std = normalization(model)
+    size = int(meta.get("eval_crop") or (getattr(model, "pretrained_cfg", None) or {}).get("input_size") or 224)
+    transforms = meta.get("transforms") or ("recipe" if loaded.layout == "mindcv" else "hyperrule")
+    resize = meta.get("eval_resize")
+    if resize:
+        resize = int(resize)
+    elif transforms == "recipe" and loaded.layout == "mindcv":
+        resize = round(size * 256 / 224)
+    return {"transforms": transforms, "eval_crop": size, "eval_resize": resize or None, "mean": mean, "std": std}
+
+
+def export_metadata(model: nn.Module, inputs: Mapping, classes: list[str] | None,
+                    model_name: str | None = None) -> dict[str, str]:
+    """Safetensors metadata for a transformers export, so the file alone still names its model, classes and inputs."""
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    meta = {"model": model_name or pc.get("name") or "", "num_classes": str(model.num_classes),
+            "transforms": str(inputs["transforms"]), "eval_crop": str(inputs["eval_crop"]),
+            "mean": ",".join(str(float(v)) for v in inputs["mean"]),
+            "std": ",".join(str(float(v)) for v in inputs["std"])}
+    if inputs.get("eval_resize"):
+        meta["eval_resize"] = str(inputs["eval_resize"])
+    if classes is not None:
+        meta["classes"] = json.dumps(classes)
+    return meta
+
+
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, *,
             model_name: str | None = None, ema: bool = False, overwrite: bool = False) -> tuple[Path, nn.Module]:
-    """Convert ``src`` (any supported format) to ``dst`` in format ``to``; returns the path and the model.
+    """Convert ``src`` (any supported format, or a folder holding one) to ``dst`` in format ``to``.
 
-    The weights are loaded into a model first (strict names and shapes), so a file that would not load
-    is never written; the head is kept only when the source has one.
+    Returns the path and the model. The weights are loaded into a model first (strict names and shapes), so a file
+    that would not load is never written; the head is kept only when the source has one. With ``to="hf"`` and a
+    ``dst`` that is not a ``.safetensors`` file, ``dst`` becomes a folder that transformers' ``from_pretrained``
+    loads: ``model.safetensors``, ``config.json`` (architecture, ``id2label`` from the run's classes) and
+    ``preprocessor_config.json`` (a ``BitImageProcessor`` giving our evaluation transform's tensor).
     """
     from .st import model_metadata
 
@@ -288,18 +453,37 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
     if to not in TARGETS:
         raise CheckpointError(f"cannot tell the target format of {dst}; pass --to with one of {', '.join(TARGETS)}")
     dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise CheckpointError(f"{dst} exists; pass --overwrite to replace it")
-    if Path(src).resolve() == dst.resolve():
-        raise CheckpointError(f"{dst} is the source file; write to another path")
+    folder = is_folder_target(dst, to)
+    if folder:
+        _check_folder_target(src, dst, overwrite)
+    else:
+        if dst.exists() and not overwrite:
+            raise CheckpointError(f"{dst} exists; pass --overwrite to replace it")
+        if any(f.resolve() == dst.resolve() for f in source_files(src)):
+            raise CheckpointError(f"{dst} is the source file; write to another path")
     loaded = read_checkpoint(src, ema=ema)
     model = model_for(loaded, model_name, str(src))
     state = model.state_dict()
-    if "head.conv.weight" not in loaded.state:
+    head = "head.conv.weight" in loaded.state
+    if not head:
         state = {k: v for k, v in state.items() if not k.startswith("head.conv.")}
-    write_checkpoint(state, dst, to, model_metadata(model, model_name) if to == "safetensors" else None)
+    if to != "hf":
+        write_checkpoint(state, dst, to, model_metadata(model, model_name) if to == "safetensors" else None)
+        return dst, model
+    inputs = eval_inputs(model, loaded)
+    classes = (classes_for(loaded, src, model.num_classes) or registry_classes(model_name, model.num_classes)
+               if head else None)
+    meta = export_metadata(model, inputs, classes, model_name)
+    if not folder:
+        write_checkpoint(state, dst, "hf", meta)
+        return dst, model
+    config = hf_config(model.block_units, model.width_factor, model.num_classes if head else None, classes)
+    processor = hf_preprocessor_config(inputs["transforms"], inputs["eval_crop"], inputs["eval_resize"],
+                                       inputs["mean"], inputs["std"])
+    write_hf_folder(state, dst, config, processor, meta)
     return dst, model
 
 
 __all__ = ["detect_format", "detect_layout", "read_checkpoint", "infer_architecture", "model_for", "apply_input_stats",
-           "write_checkpoint", "convert", "arch_name", "target_from_path", "Loaded", "TARGETS"]
+           "write_checkpoint", "convert", "arch_name", "target_from_path", "Loaded", "TARGETS", "weights_in_folder",
+           "source_files", "is_folder_target", "classes_for", "registry_classes", "eval_inputs", "export_metadata"]
