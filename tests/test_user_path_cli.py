@@ -220,3 +220,12 @@ def test_an_error_in_a_data_loader_worker_is_one_line(capsys, tmp_path):
     argv[argv.index("--batch-size") + 1] = "9"
     err = fails(argv, capsys, rf"^error: cannot read image '{re.escape(str(data))}/a/bad\.png': .*--skip-corrupt")
     assert "Caught" not in err and "worker" not in err
+
+
+def test_convert_refuses_a_folder_with_several_weights_files(r14_file, capsys, tmp_path):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    for name in ("a.safetensors", "b.safetensors"):
+        (folder / name).write_bytes(r14_file.read_bytes())
+    fails(["convert", str(folder), str(tmp_path / "out.npz")], capsys,
+          r"folder '.*two' holds 2 weights files \(a\.safetensors, b\.safetensors\); give one of them")

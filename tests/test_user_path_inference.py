@@ -248,3 +248,13 @@ def test_a_dry_run_reads_no_weights(tmp_path, caplog):
         assert main(["finetune", "--model", "BiT-M-R50x1", "--data", f"imagefolder:{data}", "--eval-split", "none",
                      "--out", str(tmp_path / "run"), "--dry-run", "--workers", "0", "--quiet"]) == 0
     assert "plan: BiT-M-R50x1 (pretrained)" in caplog.text and "resize 160, random crop 128" in caplog.text
+
+
+def test_a_resolution_too_large_for_one_image_names_the_resolution(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("bigtransfer.engine.plan.available_bytes", lambda device: 8 * 2**30)
+    data = colour_folders(tmp_path / "data", 4)
+    argv = ["finetune", "--data", f"imagefolder:{data}", "--steps", "1", "--batch-size", "4", "--eval-split", "none",
+            "--out", str(tmp_path / "run"), *TINY, "--set", "crop=100000", "--set", "precrop=100000"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: one image at 100000 px needs about") and "lower the resolution" in err

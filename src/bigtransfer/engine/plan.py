@@ -118,7 +118,10 @@ def check_memory(cfg: dict, model: torch.nn.Module, device: torch.device, world:
     need = micro * per_image
     if need <= free:
         return
-    fits = max(1, int(free // per_image))
+    if per_image > free:
+        raise BitError(f"one image at {crop} px needs about {_gb(per_image)} of memory for training, more than the "
+                       f"{_gb(free)} free on {device.type}; lower the resolution (--set crop=... precrop=...)")
+    fits = int(free // per_image)
     splits = [s for s in range(split, batch // world + 1) if batch % (s * world) == 0 and batch // (s * world) <= fits]
     fix = f"use --batch-split {splits[0]}" if splits else f"lower --batch-size to at most {fits * world}"
     raise BitError(f"a micro-batch of {micro} images at {crop} px needs about {_gb(need)} of memory, more than the "
