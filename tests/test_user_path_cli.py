@@ -229,3 +229,17 @@ def test_convert_refuses_a_folder_with_several_weights_files(r14_file, capsys, t
         (folder / name).write_bytes(r14_file.read_bytes())
     fails(["convert", str(folder), str(tmp_path / "out.npz")], capsys,
           r"folder '.*two' holds 2 weights files \(a\.safetensors, b\.safetensors\); give one of them")
+
+
+def test_a_closed_pipe_ends_quietly():
+    """``bit models | head -1``: the reader leaving early is no error and prints no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "bigtransfer.cli.main", "models"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes a line
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=60)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode in (0, 141)

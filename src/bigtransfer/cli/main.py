@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from .. import __version__
@@ -72,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`bit models | head`): stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         if debug or e.filename is None:
             raise
