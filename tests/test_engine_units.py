@@ -127,3 +127,11 @@ def test_overrides_and_identity():
         parse_overrides(["lr"])
     a = merge(DEFAULTS, {"lr": 0.1}, "t")
     assert identity(a) == identity({**a, "workers": 7}) != identity({**a, "lr": 0.2})
+
+
+def test_a_setting_at_its_default_does_not_change_the_identity():
+    """A setting added to DEFAULTS later leaves the identity of earlier runs (and cached results) unchanged."""
+    a = merge(DEFAULTS, {"model": "BiT-R14x0.5", "lr": 0.1}, "test")
+    older = {k: v for k, v in a.items() if k not in ("val_split", "rmsprop_init")}
+    assert identity(older) == identity(a)
+    assert identity(a) != identity({**a, "rmsprop_init": 0.0})

@@ -116,11 +116,18 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
+_UNSET = object()
+
+
 def identity(cfg: dict) -> str:
-    """A short hash of what the run computes, to recognise the same run in a folder (one data set, one spelling)."""
+    """A short hash of what the run computes, to recognise the same run in a folder (one data set, one spelling).
+
+    Settings at their default value are left out, so a setting added later does not change the identity of runs
+    (and cached results) made before it.
+    """
     from ..data.spec import canonical_spec
 
-    data = {k: v for k, v in sorted(cfg.items()) if k not in NON_IDENTITY}
+    data = {k: v for k, v in sorted(cfg.items()) if k not in NON_IDENTITY and DEFAULTS.get(k, _UNSET) != v}
     if isinstance(data.get("data"), str):
         data["data"] = canonical_spec(data["data"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
