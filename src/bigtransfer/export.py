@@ -113,12 +113,11 @@ def load_for_export(source: str | os.PathLike, model_name: str | None = None) ->
         return model, size, deploy_facts(model, meta, classes)
     if model_name is None:
         cfg = get_config(str(source))  # unknown names raise UnknownNameError with a suggestion
+        from .engine.runs import class_names, pretrained_eval_settings
+
         model = create_model(cfg.name, pretrained=True)
-        settings: dict = {"model": cfg.name}
-        if cfg.weights_format == "mindspore":  # ImageNet-style validation, as ``bit predict`` does
-            settings.update(transforms="recipe", eval_crop=cfg.input_size,
-                            eval_resize=round(cfg.input_size * 256 / 224))
-        return model, cfg.input_size, deploy_facts(model, settings, _label_names(cfg.labels))
+        settings = {"model": cfg.name, **pretrained_eval_settings(cfg)}  # as ``bit predict`` evaluates it
+        return model, cfg.input_size, deploy_facts(model, settings, class_names(cfg.labels))
     raise CheckpointError(f"{source}: no such file or run folder; check the path")
 
 
@@ -219,14 +218,6 @@ def _safetensors_metadata(path: Path) -> dict:
             return dict(f.metadata() or {})
     except Exception:  # the weights were read already; a header this reader refuses only loses the class names
         return {}
-
-
-def _label_names(labels: str | None) -> list[str] | None:
-    if labels is None:
-        return None
-    from .weights.download import fetch_labels
-
-    return fetch_labels(labels)
 
 
 def opset_range(dynamo: bool) -> tuple[int, int]:

@@ -44,10 +44,15 @@ def load_run(source: str | Path, weights: str | None = None) -> LoadedModel:
     if weights:
         return _from_file(Path(weights), mc.name)
     model = create_model(mc.name, pretrained=True).eval()
-    cfg = _inference_cfg(model, {})
-    if mc.weights_format == "mindspore":  # ImageNet-style validation: resize 256 (for 224), centre crop
-        cfg.update(transforms="recipe", eval_resize=round(mc.input_size * 256 / 224))
+    cfg = {**_inference_cfg(model, {}), **pretrained_eval_settings(mc)}
     return LoadedModel(model, cfg, class_names(mc.labels))
+
+
+def pretrained_eval_settings(mc) -> dict:
+    """How a registered model's published weights are evaluated, where it differs from the squash resize."""
+    if mc.weights_format == "mindspore":  # ImageNet-style validation: resize 256 (for 224), centre crop
+        return {"transforms": "recipe", "eval_crop": mc.input_size, "eval_resize": round(mc.input_size * 256 / 224)}
+    return {}
 
 
 def _from_run(run: Path, weights: str | None) -> LoadedModel:
