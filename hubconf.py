@@ -14,7 +14,7 @@ dependencies = ["torch", "numpy", "safetensors", "tqdm", "huggingface_hub"]
 if _importlib_util.find_spec("bigtransfer") is None:  # a clone that is not installed
     _sys.path.append(_os.path.join(_os.path.dirname(_os.path.abspath(__file__)), "src"))
 
-from bigtransfer.models import create_model as _create_model  # noqa: E402
+from bigtransfer.hub import create_model as _create_model  # noqa: E402
 from bigtransfer.models import get_config as _get_config  # noqa: E402
 from bigtransfer.models import list_models as _list_models  # noqa: E402
 

@@ -7,7 +7,7 @@
    agreement is the share of images whose top-1 class equals the fp32 one. (No pretrained weights can
    be downloaded offline, and agreement on an untrained network would mean nothing.)
 2. (``--run DIR``) A trained run, e.g. the demo's upstream M, on every image of its data's test split.
-3. Logit error at ImageNet size: an R50x1 with timm's initialisation (norms and head randomized) on
+3. Logit error at ImageNet size: an R50x1 with seeded random weights (``randomize_``) on
    foolbox's 20 real ImageNet and 20 CIFAR-10 images at 224 px: max |logit - fp32 logit| per mode,
    against the largest fp32 logit.
 """
@@ -93,9 +93,9 @@ def foolbox_images(size: int = 224) -> torch.Tensor:
 def run_agreement(run_dir: Path, data: str | None, split: str, modes: list[str]) -> dict:
     """Top-1 agreement with fp32 of a trained run's model on every image of its data's ``split``."""
     from bigtransfer.data import load_dataset
+    from bigtransfer.data.transforms import build_transforms
     from bigtransfer.engine.runs import load_run
     from bigtransfer.engine.sampling import SeededTransform
-    from bigtransfer.engine.trainer import build_transforms
 
     loaded = load_run(str(run_dir), None)
     data = data or loaded.cfg["data"]

@@ -27,23 +27,33 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench import make_pair, write_results  # noqa: E402
 
 
-def _bare_relu(norm, x):
-    return F.relu(x)
+class _CastConv(torch.nn.Module):
+    """The convolution of a ``StdConv2d`` on its raw weight (cast under autocast): no standardization."""
+
+    def __init__(self, conv: StdConv2d) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.conv
+        w = c.weight.to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else c.weight
+        return F.conv2d(x, w, None, c.stride, c.padding)
 
 
-def _cast_conv(conv, x):
-    w = conv.weight.to(torch.bfloat16) if torch.is_autocast_enabled("cpu") else conv.weight
-    return F.conv2d(x, w, None, conv.stride, conv.padding)
+def _strip(module: torch.nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, torch.nn.GroupNorm):  # GroupNorm(+ReLU): a bare ReLU
+            setattr(module, name, torch.nn.ReLU())
+        elif isinstance(child, StdConv2d):
+            setattr(module, name, _CastConv(child))
+        else:
+            _strip(child)
 
 
 def convolution_floor(model: bt.ResNetV2) -> bt.ResNetV2:
     """A copy of a fast-path ``model`` without GroupNorm and without weight standardization."""
     floor = copy.deepcopy(model)
-    for m in floor.modules():
-        if "gn_relu" in m.__dict__:
-            m.gn_relu = _bare_relu
-        if isinstance(m, StdConv2d):
-            m.conv_forward = _cast_conv
+    _strip(floor)
     return floor
 
 

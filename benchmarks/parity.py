@@ -13,18 +13,10 @@ import timm
 import torch
 
 import bigtransfer as bt
+from bigtransfer.models.randomize import randomize_
 from bigtransfer.weights.timm import load_timm_state
 
 PAIRS = [("resnetv2_50x1_bit", "BiT-M-R50x1-ILSVRC2012"), ("resnetv2_101x1_bit", "BiT-M-R101x1-ILSVRC2012")]
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "head" in name:
-                p.copy_((1.0 if name.endswith("weight") and "norm" in name else 0.0)
-                        + 0.05 * torch.randn(p.shape, generator=g))
 
 
 def main() -> None:
@@ -36,9 +28,7 @@ def main() -> None:
     x = torch.randn(4, 3, args.size, args.size, generator=torch.Generator().manual_seed(0))
     rows = []
     for i, (tname, ours) in enumerate(PAIRS):
-        torch.manual_seed(i)
-        ref = timm.create_model(tname, num_classes=1000).eval()
-        randomize(ref, i)
+        ref = randomize_(timm.create_model(tname, num_classes=1000), i).eval()
         with torch.no_grad():
             want = ref(x)
             want64 = ref.double()(x.double())

@@ -32,9 +32,10 @@ import bigtransfer as bt
 from bigtransfer.cli.main import main as bit
 from bigtransfer.cli.predict import DEFAULT_BATCH, DEFAULT_WORKERS, image_files, predict_images, write_predictions
 from bigtransfer.data.paths import read_image
+from bigtransfer.data.transforms import build_transforms
 from bigtransfer.engine.runs import load_run
-from bigtransfer.engine.trainer import build_transforms
 from bigtransfer.models.fast import bf16_supported, prepare_for_inference
+from bigtransfer.models.randomize import randomize_
 from bigtransfer.weights.st import model_metadata, write_safetensors
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -58,12 +59,7 @@ def write_jpegs(folder: Path, n: int, px: int = 160, seed: int = 0) -> list[Path
 
 def write_weights(path: Path, size: int, seed: int = 0) -> Path:
     """A BiT-M-R50x1 (1000 classes) with seeded random weights whose file says to evaluate at ``size`` px."""
-    torch.manual_seed(seed)
-    model = bt.create_model("BiT-M-R50x1", num_classes=1000)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or name.startswith("head") or p.ndim == 1:
-                p.copy_((1.0 if name.endswith("weight") and p.ndim == 1 else 0.0) + 0.05 * torch.randn_like(p))
+    model = randomize_(bt.create_model("BiT-M-R50x1", num_classes=1000), seed)
     meta = {**model_metadata(model, "BiT-M-R50x1"), "eval_crop": str(size)}
     return write_safetensors(model.state_dict(), path, meta)
 

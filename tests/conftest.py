@@ -1,36 +1,29 @@
-"""Shared fixtures: timm reference models with non-trivial weights."""
+"""Shared fixtures and helpers: models with non-trivial weights, small image folders, CLI error checks."""
 
 from __future__ import annotations
+
+import importlib.util
+import socket
+from pathlib import Path
 
 import pytest
 import torch
 
+from bigtransfer.models.randomize import randomize_
+
 torch.set_num_threads(2)
-
-
-def randomize_norms_and_head(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Give GroupNorm affine params and the head non-default values so every weight is exercised."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name or "head" in name:
-                base = 1.0 if name.endswith("weight") and "norm" in name else 0.0
-                p.copy_(base + 0.05 * torch.randn(p.shape, generator=g))
-    return model
 
 
 @pytest.fixture(scope="session")
 def timm_r50():
     timm = pytest.importorskip("timm")
-    torch.manual_seed(0)
-    return randomize_norms_and_head(timm.create_model("resnetv2_50x1_bit", num_classes=1000).eval())
+    return randomize_(timm.create_model("resnetv2_50x1_bit", num_classes=1000), seed=0).eval()
 
 
 @pytest.fixture(scope="session")
 def timm_r101():
     timm = pytest.importorskip("timm")
-    torch.manual_seed(1)
-    return randomize_norms_and_head(timm.create_model("resnetv2_101x1_bit", num_classes=1000).eval(), seed=1)
+    return randomize_(timm.create_model("resnetv2_101x1_bit", num_classes=1000), seed=1).eval()
 
 
 @pytest.fixture(scope="session")
@@ -39,16 +32,10 @@ def image_batch():
 
 
 def randomized(name: str = "BiT-R14x0.5", num_classes: int = 10, seed: int = 0) -> torch.nn.Module:
-    """A registry model with seeded weights and non-default norms and head, in eval mode."""
+    """A registry model filled by ``randomize_(model, seed)``, in eval mode."""
     import bigtransfer as bt
 
-    torch.manual_seed(seed)
-    model = bt.create_model(name, num_classes=num_classes)
-    with torch.no_grad():
-        for k, p in model.named_parameters():
-            if p.ndim == 1 or k.startswith("head"):
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if k.endswith("weight") and ".gn" in k else 0.0))
-    return model.eval()
+    return randomize_(bt.create_model(name, num_classes=num_classes), seed).eval()
 
 
 def class_folders(root, sizes: dict[str, int]):
@@ -87,3 +74,26 @@ def r14_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("weights") / "r14.safetensors"
     save_safetensors(bt.create_model("BiT-R14x0.5", num_classes=10), path, "BiT-R14x0.5")
     return path
+
+
+def latest_step(out: Path) -> int:
+    """The step of a run's latest checkpoint, or -1 while there is none."""
+    try:
+        return int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+def closed_port() -> int:
+    """A local TCP port that nothing listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def foolbox_files(pattern: str) -> list[Path]:
+    """foolbox's real sample images matching ``pattern``, sorted; skips the test when foolbox is not installed."""
+    spec = importlib.util.find_spec("foolbox")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("foolbox (real sample images) is not installed")
+    return sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob(pattern))

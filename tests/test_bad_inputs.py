@@ -234,6 +234,7 @@ def _bit(*argv: str, **kw) -> subprocess.CompletedProcess:
                           text=True, timeout=300, **kw)
 
 
+@pytest.mark.slow
 def test_debug_in_a_real_process_prints_the_traceback_and_exits_1():
     """Without --debug the same error is one line and exit 2 (checked in-process above, e.g. the unknown names)."""
     debug = _bit("--debug", "finetune", "--model", "BiT-M-R50x7", "--data", "digits")
@@ -253,6 +254,7 @@ def test_an_internal_error_is_not_hidden(monkeypatch):
         main(["models"])
 
 
+@pytest.mark.slow
 def test_sigint_exits_130_with_a_checkpoint_and_the_same_command_resumes(capsys, caplog, tmp_path):
     out = tmp_path / "run"
     argv = digits(out, "--save-every", "4")

@@ -36,6 +36,7 @@ def test_recipes_lists_and_shows(capsys):
     assert "milestones:" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_finetune_writes_a_complete_run_folder(run_dir, capsys):
     for name in ("config.yaml", "metrics.jsonl", "model.safetensors", "summary.json", "classes.json", "eval.json",
                  "training.png", "confusion.png"):
@@ -45,6 +46,7 @@ def test_finetune_writes_a_complete_run_folder(run_dir, capsys):
     assert json.loads((run_dir / "eval.json").read_text())["n"] == 1797 - 100
 
 
+@pytest.mark.slow
 def test_same_folder_resumes_and_a_different_run_is_refused(run_dir, capsys):
     args = ["finetune", "--data", "digits", "--set", "shots=10", "--eval-split", "rest", "--lr", "0.02",
             "--out", str(run_dir), *TINY]
@@ -54,6 +56,7 @@ def test_same_folder_resumes_and_a_different_run_is_refused(run_dir, capsys):
     assert "holds a different run" in err and "steps" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_evaluate_and_predict(run_dir, tmp_path, capsys):
     assert main(["evaluate", str(run_dir), "--data", "digits", "--split", "all", "--workers", "0", "--quiet"]) == 0
     out = capsys.readouterr().out
@@ -68,6 +71,7 @@ def test_evaluate_and_predict(run_dir, tmp_path, capsys):
     assert line.startswith(str(img)) and line.count("%") == 5
 
 
+@pytest.mark.slow
 def test_fewshot_sweep_with_scratch_baseline(tmp_path, capsys):
     out = tmp_path / "fs"
     args = ["fewshot", "--data", "digits", "--shots", "1,2", "--seeds", "0,1", "--baseline", "scratch",
@@ -82,6 +86,7 @@ def test_fewshot_sweep_with_scratch_baseline(tmp_path, capsys):
     assert (out / "transfer" / "k1_s0" / "summary.json").stat().st_mtime == before
 
 
+@pytest.mark.slow
 def test_train_with_a_recipe_file(tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text("model: BiT-R14x0.5\npretrained: false\nhyperrule: false\ntransforms: recipe\ncrop: 32\n"

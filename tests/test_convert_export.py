@@ -94,6 +94,7 @@ def test_baked_model_has_plain_convs_and_equal_logits(x):
         assert (baked(x) - model(x)).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow
 def test_export_run_folder_with_dynamic_batch(tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")

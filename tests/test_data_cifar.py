@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pickle
 import re
@@ -17,6 +16,7 @@ from torchvision import tv_tensors
 from bigtransfer.data import load_cifar, load_dataset
 from bigtransfer.data.safepickle import RestrictedUnpickler, load_pickle
 from bigtransfer.errors import DataError
+from conftest import foolbox_files
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR100_NAMES = [f"fine{i:02d}" for i in range(100)]
@@ -24,11 +24,7 @@ CIFAR100_NAMES = [f"fine{i:02d}" for i in range(100)]
 
 def foolbox_images(prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """foolbox's real sample images ``<prefix>_NN_LABEL.png`` as (N, 32, 32, 3) uint8 and labels."""
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("foolbox (real CIFAR sample images) is not installed")
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data"
-    files = sorted(folder.glob(f"{prefix}_*.png"))
+    files = foolbox_files(f"{prefix}_*.png")
     if not files:
         pytest.skip(f"foolbox has no {prefix} images")
     images = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])

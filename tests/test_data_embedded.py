@@ -17,6 +17,7 @@ from PIL import Image
 from bigtransfer.data import ensure_fashion_mnist, fashion, load_dataset, load_fashion_mnist
 from bigtransfer.data.idx import read_idx
 from bigtransfer.errors import DataError
+from conftest import foolbox_files
 
 needs_fashion = pytest.mark.skipif(not (fashion.SYSTEM_DIR / "t10k-images-idx3-ubyte.gz").is_file(),
                                    reason="Debian package dataset-fashion-mnist is not installed")
@@ -71,10 +72,7 @@ def test_fashion_mnist_real_pixels_match_foolbox_samples():
     assert len(train) == 60_000 and len(test) == 10_000 and train.image_size == (28, 28)
     assert np.bincount(train.targets).tolist() == [6000] * 10
     assert train.classes[0] == "T-shirt/top" and train.classes[9] == "Ankle boot"
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None:
-        pytest.skip("foolbox is not installed")
-    files = sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob("fashionMNIST_*.png"))
+    files = foolbox_files("fashionMNIST_*.png")
     assert files
     for f in files:  # foolbox's samples are the first test images
         i, label = (int(v) for v in re.match(r"fashionMNIST_(\d+)_(\d+)\.png", f.name).groups())

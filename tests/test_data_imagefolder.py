@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from torchvision import tv_tensors
 
 from bigtransfer.data import ImageFolder, load_dataset
 from bigtransfer.errors import DataError
+from conftest import foolbox_files
 
 RNG = np.random.default_rng(0)
 
@@ -111,10 +111,7 @@ def test_splits_and_image_size(tree):
 
 
 def test_real_jpegs_from_foolbox(tmp_path):
-    spec = importlib.util.find_spec("foolbox")
-    if spec is None:
-        pytest.skip("foolbox is not installed")
-    files = sorted((Path(next(iter(spec.submodule_search_locations))) / "data").glob("imagenet_*.jpg"))
+    files = foolbox_files("imagenet_*.jpg")
     if not files:
         pytest.skip("foolbox ships no ImageNet samples")
     for f in files:

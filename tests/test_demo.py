@@ -115,6 +115,12 @@ def test_cache_root_and_keys(tmp_path, monkeypatch):
     assert demo.upstream_key(base, "S") != demo.upstream_key(base, "M")
     assert demo.upstream_key(base, "M") != demo.upstream_key(demo.DemoConfig(upstream_overrides={"lr": 0.5}), "M")
     assert demo.upstream_key(base, "M") != demo.upstream_key(demo.DemoConfig(upstream_low_res=None), "M")
+    # a setting the engine gains later, at its default, keeps the cached upstreams valid
+    key = demo.upstream_key(base, "M")
+    from bigtransfer.engine import config as C
+
+    monkeypatch.setitem(C.DEFAULTS, "a_later_setting", 0.5)
+    assert demo.upstream_key(demo.DemoConfig(), "M") == key
 
 
 def _have_demo_data() -> bool:

@@ -19,6 +19,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import latest_step
+
 pytestmark = pytest.mark.slow
 
 STEPS = 12
@@ -38,13 +40,6 @@ def env() -> dict:
 def torchrun(out: Path, *launcher: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *launcher,
             "-m", "bigtransfer.cli.main", *RUN, "--out", str(out)]
-
-
-def latest_step(out: Path) -> int:
-    try:
-        return int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def descendants(pid: int) -> list[int]:

@@ -20,7 +20,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bigtransfer.models import create_model
+from bigtransfer import create_model
+from conftest import latest_step
 
 pytestmark = pytest.mark.slow
 
@@ -37,13 +38,6 @@ def env() -> dict:
 
 def bit(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "bigtransfer.cli.main", *BASE, "--out", str(out), *extra]
-
-
-def latest_step(out: Path) -> int:
-    try:
-        return int((out / "checkpoints" / "latest").read_text().strip().split("_")[1])
-    except (OSError, IndexError, ValueError):
-        return -1
 
 
 def wait_for_step(proc: subprocess.Popen, out: Path, step: int, timeout: float = 240) -> None:

@@ -25,6 +25,7 @@ def cfg(**kw) -> dict:
     return merge(DEFAULTS, {**TINY, **kw}, "test")
 
 
+@pytest.mark.slow
 def test_fine_tuning_goes_from_chance_to_well_above(digits_split, tmp_path):
     train_set, eval_set = digits_split
     res = train(cfg(steps=60, lr=0.02, schedule="constant", warmup_steps=5), tmp_path / "r", train_set=train_set,
@@ -33,6 +34,7 @@ def test_fine_tuning_goes_from_chance_to_well_above(digits_split, tmp_path):
     assert res.metrics["top1"] > 60.0  # chance is 10 %
 
 
+@pytest.mark.slow
 def test_head_only_probe_is_fast_and_touches_only_the_head(digits_split, tmp_path):
     train_set, eval_set = digits_split
     torch.manual_seed(0)
@@ -41,7 +43,7 @@ def test_head_only_probe_is_fast_and_touches_only_the_head(digits_split, tmp_pat
                 eval_set=eval_set, quiet=True)
     elapsed = time.perf_counter() - start
     torch.manual_seed(0)  # the trainer seeds the same way before building the model
-    from bigtransfer.models import create_model
+    from bigtransfer import create_model
 
     init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
     trained = res.model.state_dict()
@@ -51,6 +53,7 @@ def test_head_only_probe_is_fast_and_touches_only_the_head(digits_split, tmp_pat
     assert elapsed < 120
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(digits_split, tmp_path):
     train_set, _ = digits_split
     with pytest.raises(TrainingDiverged, match=r"at step \d+; the last good checkpoint .*step_\d+ is kept"):
@@ -62,6 +65,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(digits_split
     assert all(torch.isfinite(v).all() for v in model_state.values())
 
 
+@pytest.mark.slow
 def test_ema_and_label_smoothing_and_clipping_run(digits_split, tmp_path):
     train_set, eval_set = digits_split
     res = train(cfg(steps=12, lr=0.02, ema_decay=0.5, label_smoothing=0.1, clip_grad_norm=0.5, mixup=0.2,
@@ -77,6 +81,7 @@ def test_ema_and_label_smoothing_and_clipping_run(digits_split, tmp_path):
     assert 0 <= res.metrics["top1"] <= 100
 
 
+@pytest.mark.slow
 def test_batch_split_standardizes_once_per_step_and_matches_one_batch(digits_split, tmp_path, monkeypatch):
     """With --batch-split the weights are standardized once per optimizer step, not per micro-batch,
     and training ends where the same run in one batch ends."""
@@ -100,7 +105,7 @@ def test_batch_split_standardizes_once_per_step_and_matches_one_batch(digits_spl
     a, b = split.model.state_dict(), whole.model.state_dict()
     diff = max((a[k] - b[k]).abs().max().item() for k in a)
     torch.manual_seed(0)  # the trainer seeds the same way before building the model
-    from bigtransfer.models import create_model
+    from bigtransfer import create_model
 
     init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
     moved = max((a[k] - init[k]).abs().max().item() for k in a)

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
+from bigtransfer import create_model
 from bigtransfer.engine.config import DEFAULTS, identity, merge, parse_overrides
 from bigtransfer.engine.optim import RMSpropTF, build_optimizer, param_groups
 from bigtransfer.engine.schedules import ExponentialSchedule, StepSchedule, build_schedule
 from bigtransfer.errors import BitError, UnknownNameError
-from bigtransfer.models import create_model
 from bigtransfer.recipes import list_recipes, load_recipe
 
 
@@ -135,3 +135,44 @@ def test_a_setting_at_its_default_does_not_change_the_identity():
     older = {k: v for k, v in a.items() if k not in ("val_split", "rmsprop_init")}
     assert identity(older) == identity(a)
     assert identity(a) != identity({**a, "rmsprop_init": 0.0})
+
+
+def test_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
+    from bigtransfer.engine.schedules import CosineSchedule, build_schedule
+
+    cfg = {"lr": 0.01, "batch_size": 64, "lr_batch": 32, "schedule": "cosine", "warmup_steps": 10}
+    s = build_schedule(cfg, 5, 110)
+    assert isinstance(s, CosineSchedule) and s.base_lr == pytest.approx(0.02)  # rescaled to the batch
+    assert s(0) == 0.0 and s(5) == pytest.approx(0.01)
+    assert s(10) == pytest.approx(0.02) and s(60) == pytest.approx(0.01) and s(110) == pytest.approx(0.0, abs=1e-12)
+    assert s(35) == pytest.approx(0.02 * 0.5 * (1 + math.cos(math.pi * 25 / 100)))
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw"])
+def test_adam_and_adamw_follow_their_weight_decay_definitions(name):
+    from bigtransfer.engine.optim import build_optimizer
+
+    torch.manual_seed(0)
+    w0 = torch.randn(4, 3)
+    model = torch.nn.Linear(3, 4, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(w0)
+    opt = build_optimizer(model, {"optimizer": name, "lr": 0.1, "weight_decay": 0.5, "weight_decay_filter": "none"})
+    grad = torch.randn(4, 3)
+    model.weight.grad = grad.clone()
+    opt.step()
+    # the first Adam step moves each weight by lr * g_hat / (|g_hat| + eps) = lr * sign(g_hat)
+    # adamw decays apart: w * (1 - lr * wd) then the Adam step; adam adds the decay to the gradient it normalises
+    decoupled, coupled = w0 * (1 - 0.1 * 0.5) - 0.1 * torch.sign(grad), w0 - 0.1 * torch.sign(grad + 0.5 * w0)
+    want = decoupled if name == "adamw" else coupled
+    assert torch.allclose(model.weight.detach(), want, atol=1e-6)
+
+
+def test_unknown_optimizer_or_schedule_is_refused_before_training():
+    from bigtransfer.engine.resolve import resolve
+    from bigtransfer.errors import BitError
+
+    for key, value in (("optimizer", "lamb"), ("schedule", "linear")):
+        cfg = {**DEFAULTS, "lr": 0.1, "steps": 10, key: value}
+        with pytest.raises(BitError, match=f"unknown {key} '{value}'"):
+            resolve(cfg, 100, (32, 32), 10, {})

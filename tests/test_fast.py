@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import warnings
+from fnmatch import fnmatch
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,9 @@ from bigtransfer.errors import BitError
 from bigtransfer.models import PreActBottleneck, StdConv2d, kernels, standardize
 from bigtransfer.models.fast import (
     INFERENCE_MODES,
+    FastStdConv2d,
+    FusedGroupNormReLU,
+    LayoutBottleneck,
     fast_path_kind,
     prepare_for_inference,
     remove_fast_path,
@@ -71,6 +76,7 @@ def test_standardize_once_gradients_equal_the_per_micro_batch_path(bf16):
     assert max_rel_err(once, plain) < 1e-6
 
 
+@pytest.mark.slow
 def test_standardize_once_standardizes_once_per_step(monkeypatch):
     import bigtransfer.models.resnetv2 as resnetv2
 
@@ -89,6 +95,7 @@ def test_standardize_once_standardizes_once_per_step(monkeypatch):
     assert len(calls) == n_convs  # the plain path standardizes on every forward
 
 
+@pytest.mark.slow
 def test_standardize_once_then_optimizer_step_matches_plain_training():
     a, b = small_model(name="BiT-R14x0.5"), small_model(name="BiT-R14x0.5")
     opt_a = torch.optim.SGD(a.parameters(), lr=0.1, momentum=0.9)
@@ -108,11 +115,13 @@ def test_standardize_once_then_optimizer_step_matches_plain_training():
 
 def test_standardize_once_cleans_up_and_refuses_nesting():
     model = small_model().train()
-    conv = model.root.conv
+    plain = model.root.conv
     with pytest.raises(ValueError, match="boom"), standardize_once(model):
-        assert conv._once is not None and conv._once.is_leaf and conv._once.requires_grad
+        conv = model.root.conv  # swapped in for the block, holding the same parameters
+        assert isinstance(conv, FastStdConv2d) and conv.weight is plain.weight
+        assert conv.shared is not None and conv.shared.is_leaf and conv.shared.requires_grad
         raise ValueError("boom")
-    assert conv._once is None and conv.weight.grad is None  # nothing half-applied
+    assert model.root.conv is plain and conv.shared is None and plain.weight.grad is None  # nothing half-applied
     with standardize_once(model), pytest.raises(RuntimeError, match="already active"), standardize_once(model):
         pass
     with standardize_once(model):  # a block without backward leaves no gradient
@@ -126,8 +135,19 @@ def test_standardize_once_skips_frozen_weights():
     with standardize_once(model):
         x, y = micro_batches(1)[0]
         F.cross_entropy(model(x), y).backward()
-    assert model.root.conv._once is None and model.root.conv.weight.grad is None
+        assert model.root.conv.shared is None and model.body.block1.unit01.conv1.shared is not None
+    assert model.root.conv.weight.grad is None
     assert model.body.block1.unit01.conv1.weight.grad is not None
+
+
+def test_standardize_once_keeps_the_modules_of_a_fast_path_model():
+    model = use_fast_path(small_model().train())
+    conv = model.body.block1.unit01.conv1
+    with standardize_once(model):
+        assert model.body.block1.unit01.conv1 is conv and conv.shared is not None
+        x, y = micro_batches(1)[0]
+        F.cross_entropy(model(x), y).backward()
+    assert model.body.block1.unit01.conv1 is conv and conv.shared is None and conv.weight.grad is not None
 
 
 # ---------------------------------------------------------------------------- weight standardization
@@ -143,6 +163,7 @@ def test_standardize_matches_the_definition_with_gradients():
     assert torch.allclose(standardize(cl, 1e-10), want, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_training_gradients_equal_timm(timm_r50):
     """In-place ReLU and residual add change no gradient."""
     ref = copy.deepcopy(timm_r50).train()
@@ -198,40 +219,74 @@ def test_prepared_model_keeps_state_dict_keys_and_tracks_weight_changes():
 
 
 def test_prepacked_weights_are_reused_refreshed_and_never_copied(kernel):
-    from bigtransfer.models.fast import _PACKED
-
     model = small_model()
     prepared = prepare_for_inference(model, "fastest")
     x = torch.randn(2, 3, 32, 32)
     first = prepared(x)
     conv = model.body.block2.unit01.conv2
-    packed = _PACKED[conv][1]
+    packed = conv._packed
     assert packed.layout == torch._mkldnn and torch.equal(prepared(x), first)
-    assert _PACKED[conv][1] is packed  # reused, not packed again
+    assert conv._packed is packed  # reused, not packed again
     twin = copy.deepcopy(model)  # a copy neither carries nor needs the packed weights
-    assert twin not in _PACKED and torch.equal(prepare_for_inference(twin, "fastest")(x), first)
+    assert twin.body.block2.unit01.conv2._packed is None
+    assert torch.equal(prepare_for_inference(twin, "fastest")(x), first)
     with torch.no_grad():
         conv.weight.mul_(0.5).add_(0.1)
-    assert _PACKED[conv][1] is packed and not torch.equal(prepared(x), first)
-    assert _PACKED[conv][1] is not packed  # repacked after the change
+    assert conv._packed is packed and not torch.equal(prepared(x), first)
+    assert conv._packed is not None and conv._packed is not packed  # repacked after the change
     model.train()
     model(torch.randn(2, 3, 32, 32))
-    assert conv not in _PACKED  # training frees them
+    assert conv._packed is None and conv._cached is None  # training frees them
 
 
-def test_frozen_weight_is_cached_in_the_autocast_dtype():
-    model = small_model().eval()
+def test_cached_weight_is_kept_in_the_autocast_dtype():
+    model = small_model()
+    prepare_for_inference(model, "fp32")
     conv = model.body.block2.unit01.conv2
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         model(x)
-    assert conv._frozen.dtype == torch.bfloat16
-    assert torch.equal(conv._frozen, standardize(conv.weight.detach(), conv.eps).bfloat16())
+    assert conv._cached.dtype == torch.bfloat16
+    assert torch.equal(conv._cached, standardize(conv.weight.detach(), conv.eps).bfloat16())
     with torch.no_grad():
         model(x)
-    assert conv._frozen.dtype == torch.float32
+    assert conv._cached.dtype == torch.float32
 
 
+def test_cached_inference_matches_the_reference_and_tracks_changes():
+    model = small_model()
+    reference = copy.deepcopy(model).eval()
+    x = torch.randn(3, 3, 32, 32)
+    prepare_for_inference(model, "fp32")
+    with torch.no_grad():
+        plain = model(x)  # grad disabled: the first call fills the cache
+        cached = model(x)
+        assert torch.equal(plain, reference(x)) and torch.equal(plain, cached)
+    conv = model.root.conv
+    assert conv._cached is not None
+    with torch.enable_grad():
+        assert conv.standardized_weight() is not conv._cached  # grad enabled: recomputed on every call
+    with torch.no_grad():
+        conv.weight.mul_(2.0).add_(0.01)  # an in-place change must invalidate the cache
+        reference.root.conv.weight.copy_(conv.weight)
+        assert torch.equal(model(x), reference(x))
+    model.train()
+    assert conv._cached is None
+
+
+@pytest.mark.parametrize("disabled", [False, True])
+@pytest.mark.parametrize("mode", INFERENCE_MODES)
+def test_every_inference_mode_caches_the_standardized_weights(mode, disabled, monkeypatch):
+    if disabled:  # no CPU kernels (as on a machine without a compiler): the cache still applies
+        monkeypatch.setattr(kernels, "_module", None)
+        monkeypatch.setattr(kernels, "_failed", True)
+    model = small_model()
+    prepare_for_inference(model, mode)(torch.randn(1, 3, 32, 32))
+    convs = [m for m in model.modules() if isinstance(m, StdConv2d)]
+    assert all(isinstance(c, FastStdConv2d) and c._cached is not None for c in convs)
+
+
+@pytest.mark.slow
 def test_compile_falls_back_to_eager_without_a_compiler():
     import torch._inductor.config as inductor_config
 
@@ -326,20 +381,42 @@ def test_fused_gn_relu_falls_back_outside_its_domain(kernel):
     assert not kernel.fits(norm, x.double().contiguous(memory_format=torch.channels_last))
 
 
+def test_kernel_build_name_follows_the_sources(tmp_path):
+    src = tmp_path / "k.cpp"
+    src.write_text("int f() { return 1; }\n")
+    first = kernels._build_name([src])
+    assert kernels._build_name([src]) == first
+    src.write_text("int f() { return 2; }\n")
+    assert kernels._build_name([src]) != first
+
+
+def test_kernel_sources_are_packaged():
+    tomllib = pytest.importorskip("tomllib")
+    package = Path(kernels.__file__).parents[1]  # src/bigtransfer
+    pyproject = package.parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("not a source checkout")
+    patterns = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]["package-data"]["bigtransfer"]
+    files = [p.relative_to(package).as_posix() for p in kernels._CSRC.iterdir() if p.suffix in (".cpp", ".h")]
+    assert "models/csrc/bindings.cpp" in files
+    assert all(any(fnmatch(f, pattern) for pattern in patterns) for f in files)
+
+
 def test_kernel_can_be_disabled(monkeypatch):
     monkeypatch.setattr(kernels, "_module", None)
     monkeypatch.setattr(kernels, "_failed", False)
     monkeypatch.setenv("BIGTRANSFER_NO_KERNELS", "1")
     assert kernels.load() is None
     model = use_fast_path(small_model())
-    assert fast_path_kind(model) == "layouts" and all(
-        "gn_relu" not in m.__dict__ for m in model.modules() if isinstance(m, PreActBottleneck))
+    assert fast_path_kind(model) == "layouts"
+    assert not any(isinstance(m, FusedGroupNormReLU) for m in model.modules())
+    assert all(not c.fused for c in model.modules() if isinstance(c, FastStdConv2d))
 
 
 def layouts_seen(model: torch.nn.Module, x: torch.Tensor) -> list[bool]:
-    """For each unit, whether its input is channels_last."""
+    """For each unit, whether it runs in channels_last (its first GroupNorm's input is channels_last)."""
     seen = []
-    hooks = [m.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
+    hooks = [m.gn1.register_forward_pre_hook(lambda m, a: seen.append(a[0].is_contiguous(
         memory_format=torch.channels_last) and not a[0].is_contiguous()))
         for m in model.modules() if isinstance(m, PreActBottleneck)]
     try:
@@ -361,6 +438,17 @@ def test_layout_plan_without_the_kernel_follows_map_size():
     assert not any(layouts_seen(model, x))  # training: NCHW, where GroupNorm's backward is fast
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_fast_path_eval_logits_equal_the_reference(fused):
+    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    reference = small_model().eval()
+    fast = use_fast_path(small_model(), fused=fused).eval()
+    with torch.no_grad():
+        want = reference(x)
+        got, again = fast(x), fast(x)  # the second call runs on the cached (and prepacked) weights
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max() and torch.equal(got, again)
+
+
 def fp64_error(model: torch.nn.Module, ref64: torch.nn.Module, x, y) -> tuple[float, float]:
     """Max relative error of ``model``'s logits and gradients against a float64 copy of the same weights."""
     model.zero_grad(set_to_none=True)
@@ -372,6 +460,7 @@ def fp64_error(model: torch.nn.Module, ref64: torch.nn.Module, x, y) -> tuple[fl
     return ((out.double() - want).abs().max() / want.abs().max()).item(), g_err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fused", [True, False])
 def test_fast_path_is_as_accurate_as_the_plain_model(fused):
     x = torch.randn(3, 3, 128, 128, generator=torch.Generator().manual_seed(3))
@@ -379,15 +468,20 @@ def test_fast_path_is_as_accurate_as_the_plain_model(fused):
     plain = small_model().train()
     ref64 = copy.deepcopy(plain).double()
     F.cross_entropy(ref64(x.double()), y).backward()
-    fast = use_fast_path(small_model(), fused=fused)
+    fast = small_model()
+    params = list(fast.parameters())
+    use_fast_path(fast, fused=fused)
     use_fast_path(fast)  # idempotent
     assert fast_path_kind(fast) == ("fused" if fused and kernels.load() is not None else "layouts")
     assert list(fast.state_dict()) == list(plain.state_dict())
+    assert all(a is b for a, b in zip(fast.parameters(), params, strict=True))  # optimizers keep working
     p_out, p_grad = fp64_error(plain, ref64, x, y)
     f_out, f_grad = fp64_error(fast.train(), ref64, x, y)
     # fp32 gradients of a random deep net are only good to ~1e-3 against fp64; the fast path must not be worse
     assert f_out < max(2 * p_out, 1e-5) and f_grad < max(2 * p_grad, 1e-5)
     remove_fast_path(fast)
     assert fast_path_kind(fast) is None and fast.root.conv.weight.is_contiguous()
+    assert not any(isinstance(m, (FastStdConv2d, FusedGroupNormReLU, LayoutBottleneck)) for m in fast.modules())
+    assert all(a is b for a, b in zip(fast.parameters(), params, strict=True))
     with torch.no_grad():
         assert not any(layouts_seen(fast.eval(), x))

@@ -56,7 +56,7 @@ os.dup2(2, 1)  # anything a reader prints goes to stderr, never into the protoco
 import torch
 torch.set_num_threads(1)
 from bigtransfer.errors import BitError
-from bigtransfer.models import create_model
+from bigtransfer import create_model
 from bigtransfer.weights import load_checkpoint
 from bigtransfer.weights.convert import model_for, read_checkpoint
 from bigtransfer.weights.npz import read_npz
@@ -378,6 +378,7 @@ def _target(folder: Path, kind: str, i: int = 0) -> Path:
     return folder / f"fuzzed.{ {'jpeg': 'jpg'}.get(kind, kind)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SEEDS))
 def test_seed_files_load(worker, kind, tmp_path):
     """Every seed loads through all its readers, so the fuzzing starts from files that work."""
@@ -388,6 +389,7 @@ def test_seed_files_load(worker, kind, tmp_path):
         assert results[0]["outcome"] == "ok", (kind, i, results)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SEEDS))
 def test_mutated_and_truncated_files_load_or_raise_one_project_error(worker, kind, tmp_path_factory):
     folder = tmp_path_factory.mktemp(f"fuzz-{kind}")
@@ -401,6 +403,7 @@ def test_mutated_and_truncated_files_load_or_raise_one_project_error(worker, kin
     run()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["npz", "safetensors", "ckpt", "pth"])
 def test_mutated_whole_model_checkpoints(worker, kind, tmp_path_factory):
     """The real load path: whole BiT-R14x0.5 files, mutated where their structure lies."""
@@ -489,6 +492,7 @@ def huge_idx_overflow() -> bytes:
     return bytes([0, 0, 0x08, 4]) + struct.pack(">4I", 1 << 16, 1 << 16, 1 << 16, 1 << 16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind,make,needle", [
     ("npz", huge_npz, r"claims shape \(1000000000000,\)"),
     ("safetensors", huge_safetensors, r"lies past the end|claims|mismatch|invalid"),

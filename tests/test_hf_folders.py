@@ -15,7 +15,7 @@ from torchvision import tv_tensors
 
 import bigtransfer as bt
 from bigtransfer.cli.main import main
-from bigtransfer.engine.trainer import build_transforms
+from bigtransfer.data.transforms import build_transforms
 from bigtransfer.errors import CheckpointError
 from bigtransfer.weights import load_checkpoint, read_npz, save_npz, save_safetensors
 from bigtransfer.weights.convert import read_checkpoint, write_checkpoint
@@ -61,6 +61,7 @@ def processed(folder, image: Image.Image) -> torch.Tensor:
     return processor(image, return_tensors="pt")["pixel_values"][0]
 
 
+@pytest.mark.slow
 def test_transformers_loads_the_folder_with_every_key_and_our_logits(exported):
     for model, info in (exported["auto"], exported["bit"]):
         assert type(model).__name__ == "BitForImageClassification"
@@ -82,6 +83,7 @@ def test_transformers_loads_the_folder_with_every_key_and_our_logits(exported):
             assert want.abs().max() > 0.5 and rel < 1e-4
 
 
+@pytest.mark.slow
 def test_the_folder_round_trips_to_identical_weights(exported, tmp_path, capsys):
     folder, ours = exported["folder"], exported["model"]
     want = ours.state_dict()
@@ -110,6 +112,7 @@ def run(tmp_path_factory):
     return {"run": out, "hf": root / "hf", "cfg": cfg, "classes": json.loads((out / "classes.json").read_text())}
 
 
+@pytest.mark.slow
 def test_a_run_exports_its_classes_and_its_eval_transform(run):
     model, info = transformers.AutoModelForImageClassification.from_pretrained(run["hf"], output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
@@ -130,6 +133,7 @@ def test_a_run_exports_its_classes_and_its_eval_transform(run):
     assert worst < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("size", [(60, 45), (45, 60), (36, 36)])
 def test_the_recipe_processor_resizes_the_shorter_side_and_crops_the_centre(size, run, tmp_path):
     cfg = {**run["cfg"], "transforms": "recipe", "eval_resize": 36, "eval_crop": 32, "mean": [0.485, 0.456, 0.406],
@@ -142,6 +146,7 @@ def test_the_recipe_processor_resizes_the_shorter_side_and_crops_the_centre(size
     assert (got - want).abs().max().item() < 1e-5
 
 
+@pytest.mark.slow
 def test_a_transformers_folder_is_read_with_its_classes_and_inputs(run, tmp_path, capsys):
     loaded = read_checkpoint(run["hf"])
     assert loaded.layout == "hf" and json.loads(loaded.metadata["classes"]) == run["classes"]
@@ -172,6 +177,7 @@ def test_a_transformers_folder_is_read_with_its_classes_and_inputs(run, tmp_path
     assert json.loads(read_checkpoint(edited).metadata["classes"])[3] == "digit 3"
 
 
+@pytest.mark.slow
 def test_fine_tuning_starts_from_a_transformers_folder(run, tmp_path):
     out = tmp_path / "again"
     assert main(["finetune", "--data", "digits", "--steps", "1", "--out", str(out), "--model", "BiT-R14x0.5",
@@ -195,6 +201,7 @@ def test_a_headless_export_is_a_bare_bit_model(tmp_path):
     assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
 
 
+@pytest.mark.slow
 def test_destinations_and_foreign_configs_are_refused_in_one_line(run, tmp_path, capsys):
     src = run["run"] / "model.safetensors"
     (tmp_path / "busy").mkdir()

@@ -50,6 +50,7 @@ def small_npz(tmp_path):
     return model, save_npz(model, tmp_path / "small.npz")
 
 
+@pytest.mark.slow
 def test_official_layout_from_timm_loads_with_equal_logits(timm_r50, image_batch, tmp_path):
     arrays = official_npz_from_timm(timm_r50.state_dict())
     assert len(arrays) == 153  # R50: the published array count

@@ -59,6 +59,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 # --- TensorBoard -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_event_files_hold_train_and_eval_scalars_at_their_steps(tiny_run):
     got = scalars(tiny_run)
     assert [s for s, _ in got["train/loss"]] == [2, 4, 6, 8, 10, 12]
@@ -81,6 +82,7 @@ def test_no_tensorboard_writes_no_event_files(tmp_path):
     assert not list(out.rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_resumed_run_repeats_no_step(tiny_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -130,6 +132,7 @@ def exported(tiny_run, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     return out, export_meta(tiny_run, out)
 
 
+@pytest.mark.slow
 def test_export_writes_classes_and_preprocessing_as_metadata(tiny_run, exported, tmp_path):
     from bigtransfer import __version__
 
@@ -147,6 +150,7 @@ def test_export_writes_classes_and_preprocessing_as_metadata(tiny_run, exported,
     assert from_file == meta
 
 
+@pytest.mark.slow
 def test_export_without_class_names_writes_label_names(r14_file, tmp_path):
     meta = export_meta(r14_file, tmp_path / "r14.onnx", "--size", "32", "--no-check")
     assert json.loads(meta["classes"]) == [f"LABEL_{i}" for i in range(10)]
@@ -192,6 +196,7 @@ def digit_png(path: Path, index: int, size: tuple[int, int] | None = None) -> Pa
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("transforms", ["hyperrule", "recipe"])
 def test_onnxruntime_example_gives_the_top5_of_bit_predict(tiny_run, exported, tmp_path, capsys, monkeypatch,
                                                            transforms):

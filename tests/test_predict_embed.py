@@ -36,6 +36,7 @@ def console(out: str) -> dict[str, list[tuple[str, float]]]:
             for ln in lines}
 
 
+@pytest.mark.slow
 def test_predict_output_files_match_the_per_image_path(tiny, tmp_path, capsys):
     run, data = tiny["run"], str(tiny["data"])
     assert main(["predict", run, data, "--mode", "fp32", "--batch-size", "1", "--workers", "0", "--quiet"]) == 0
@@ -101,10 +102,10 @@ def test_predict_corrupt_images_stop_or_are_skipped(tiny, tmp_path, capsys):
 def reference_features(run: str, paths: list[str]) -> torch.Tensor:
     """The plain model's pre-logits, one image at a time, on the eval transform's tensors."""
     from bigtransfer.data.paths import read_image
-    from bigtransfer.engine.runs import load_run
-    from bigtransfer.engine.trainer import build_transforms
+    from bigtransfer.data.transforms import build_transforms
+    from bigtransfer.engine.runs import open_run
 
-    loaded = load_run(run)
+    loaded = open_run(run)
     tf = build_transforms(loaded.cfg)[1]
     model = loaded.model.eval()
     with torch.no_grad():
@@ -112,6 +113,7 @@ def reference_features(run: str, paths: list[str]) -> torch.Tensor:
                           for p in paths])
 
 
+@pytest.mark.slow
 def test_embed_features_index_and_nearest_neighbours(tiny, tmp_path, capsys):
     run, data = tiny["run"], tiny["data"]
     out = tmp_path / "feats"
@@ -137,6 +139,7 @@ def test_embed_features_index_and_nearest_neighbours(tiny, tmp_path, capsys):
           r"no such index file '.*none\.npy'; write the index first")
 
 
+@pytest.mark.slow
 def test_embed_a_data_split_records_labels(tiny, tmp_path, capsys):
     out = tmp_path / "split.npy"
     assert main(["embed", tiny["run"], "--data", f"imagefolder:{tiny['data']}", "--out", str(out), "--quiet",
@@ -161,3 +164,23 @@ def test_embed_a_data_split_records_labels(tiny, tmp_path, capsys):
                  "--quiet"]) == 0
     assert main(["embed", "--query", tiny["images"][0], "--index", str(tmp_path / "p.parquet"), "--k", "1"]) == 0
     assert re.search(rf"^1, [\d.]+, {re.escape(tiny['images'][0])}, -$", capsys.readouterr().out, re.M)
+
+
+def test_open_run_reads_a_run_and_its_weights_file_alike(tiny, tmp_path):
+    from bigtransfer.engine import runs
+    from bigtransfer.errors import CheckpointError
+
+    run = runs.open_run(tiny["run"])
+    bare = runs.open_run(f"{tiny['run']}/{runs.FINAL_WEIGHTS}")
+    assert run.classes == bare.classes == ["cat", "dog"] and run.input_size == bare.input_size == 32
+    assert run.mean == bare.mean and run.std == bare.std and run.mode == bare.mode
+    assert run.facts == bare.facts
+    assert torch.equal(run.model.head.conv.weight, bare.model.head.conv.weight)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    runs.write_final_weights(copy, run.model.state_dict(), run.cfg, list(reversed(run.classes)))
+    again = runs.open_run(copy / runs.FINAL_WEIGHTS)
+    assert again.classes == ["dog", "cat"] and json.loads((copy / runs.CLASSES).read_text()) == ["dog", "cat"]
+    assert again.facts["mean"] == run.mean and torch.equal(again.model.head.conv.weight, run.model.head.conv.weight)
+    with pytest.raises(CheckpointError, match="a run folder needs config.yaml"):
+        runs.open_run(tmp_path)  # a folder holding neither a run config nor a weights file

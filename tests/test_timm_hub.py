@@ -97,6 +97,7 @@ def test_bit_models_shows_timm_names(capsys):
     assert "timm" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_timm_loads_converted_file_with_equal_logits(tmp_path, no_network):
     timm = pytest.importorskip("timm")
     ours = randomized("BiT-M-R50x1", num_classes=10)
@@ -164,6 +165,7 @@ def test_hubconf_entries_and_dependencies():
         hub.__wrapped__  # noqa: B018
 
 
+@pytest.mark.slow
 def test_hubconf_works_from_a_clone_that_is_not_installed(tmp_path):
     src = str(REPO / "src")
     code = (

@@ -52,7 +52,8 @@ def test_no_arguments_prints_help_and_version_prints_the_version(capsys):
     assert capsys.readouterr().out == f"bit {bt.__version__}\n" == "bit 0.1.0\n"
     with pytest.raises(AttributeError):
         bt.importlib  # noqa: B018
-    assert bt.create_model is bt.models.create_model  # the models still load on first use
+    with pytest.warns(DeprecationWarning, match="use bigtransfer.create_model"):
+        assert bt.create_model is bt.models.create_model  # the old name still works for one release
 
 
 # --- b: the parser imports no PyTorch ----------------------------------------------------------------------------
@@ -150,6 +151,7 @@ def test_predict_path_like_sources_and_image_folders(run_dir, capsys, tmp_path):
     assert err.endswith("replace the file, leave it out or pass --skip-corrupt")  # a flag predict has
 
 
+@pytest.mark.slow
 def test_export_writes_the_opset_asked_for(r14_file, capsys, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -231,6 +233,7 @@ def test_convert_refuses_a_folder_with_several_weights_files(r14_file, capsys, t
           r"folder '.*two' holds 2 weights files \(a\.safetensors, b\.safetensors\); give one of them")
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly():
     """``bit models | head -1``: the reader leaving early is no error and prints no traceback."""
     import subprocess

@@ -69,6 +69,7 @@ def test_a_class_with_none_left_to_evaluate_on_is_a_warning(tmp_path, caplog):
 
 # --- 2: the cell cache ------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_fewshot_cells_are_retrained_when_a_setting_changes_and_reused_when_nothing_does(tmp_path, capsys):
     data = f"imagefolder:{class_folders(tmp_path / 'shapes', {'a': 3, 'b': 3})}"
     out = tmp_path / "sweep"
@@ -90,6 +91,7 @@ def test_fewshot_cells_are_retrained_when_a_setting_changes_and_reused_when_noth
 
 # --- 3: Ctrl-C ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigint_during_fewshot_exits_130_in_one_line_and_the_rerun_resumes(tmp_path, caplog):
     data = f"imagefolder:{class_folders(tmp_path / 'shapes', {'a': 3, 'b': 3})}"
     out = tmp_path / "sweep"
@@ -179,9 +181,67 @@ def test_a_flat_folder_without_an_eval_split_names_val_split_as_the_fix(tmp_path
           r"or skip evaluation with --eval-split none$")
 
 
+@pytest.mark.slow
 def test_fewshot_says_when_each_cell_is_scored_on_the_rest_of_its_split(tmp_path, capsys):
     root = class_folders(tmp_path / "flat", {"a": 3, "b": 3})
     assert main(["fewshot", "--data", f"imagefolder:{root}", "--shots", "1", "--seeds", "0", "--steps", "1",
                  "--out", str(tmp_path / "sweep"), *TINY]) == 0
     err = capsys.readouterr().err
     assert f"no 'test' split in imagefolder:{root}: each cell is scored on the rest of its split" in err
+
+
+# --- 6: cells side by side, after the upstream they start from -----------------------------------------------------
+
+TINY_CFG = {"model": "BiT-R14x0.5", "pretrained": False, "weights": None, "workers": 0, "batch_size": 8, "crop": 32,
+            "precrop": 36, "steps": 1, "tensorboard": False}
+
+
+def _pretrain(data: str, run_dir: Path, quiet: bool) -> str:
+    """A one-step upstream, reused once finished (at module level: a sweep's worker process imports it)."""
+    from bigtransfer.engine.fewshot import is_finished
+    from bigtransfer.engine.trainer import train
+    from bigtransfer.recipes import load_recipe
+
+    if not is_finished(run_dir):
+        train({**load_recipe("hyperrule"), **TINY_CFG, "data": data, "eval_split": "none"}, run_dir, quiet=quiet)
+    return f"upstream in {run_dir.name}"
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_starts_each_cell_after_its_upstream_and_a_second_sweep_reuses_everything(tmp_path):
+    from functools import partial
+
+    from bigtransfer.engine.fewshot import Dependency, sweep
+    from bigtransfer.errors import BitError
+    from bigtransfer.recipes import load_recipe
+
+    data = f"imagefolder:{class_folders(tmp_path / 'shapes', {'a': 3, 'b': 3})}"
+    ds, up, out = load_dataset(data), tmp_path / "up", tmp_path / "sweep"
+    base = {**load_recipe("hyperrule"), **TINY_CFG, "data": data}
+    methods = {"transfer": {"pretrained": True, "weights": str(up / "model.safetensors")}, "scratch": {}}
+    deps = {"up": Dependency(partial(_pretrain, data, up), up, steps=1, label="a one-step upstream")}
+
+    def run(jobs: int, needs: dict):
+        return sweep(base, [1], [0, 1], out, ds, methods=methods, metric="balanced_accuracy", progress=False,
+                     jobs=jobs, needs=needs, upstreams=deps, keep="weights")
+
+    with pytest.raises(BitError, match="'nope' is neither a method nor a dependency"):
+        run(2, {"transfer": {"nope"}})
+    assert not out.exists()  # refused before anything ran
+
+    first = run(2, {"transfer": {"up"}})
+    assert first.upstreams == {"up": "upstream in up"}
+    assert list(first.results) == ["transfer", "scratch"] and all(len(r[1]) == 2 for r in first.results.values())
+    made = (up / "summary.json").stat().st_mtime_ns
+    for row in first.cells:
+        cell = Path(row["run"])
+        assert cell == out / row["method"] / f"k1_s{row['seed']}" and 0 <= row["balanced_accuracy"] <= 100
+        assert (cell / "model.safetensors").is_file() and not (cell / "checkpoints").exists()  # keep="weights"
+        if row["method"] == "transfer":
+            assert (cell / "config.yaml").stat().st_mtime_ns >= made  # started once its upstream had finished
+    assert json.loads((out / "results.json").read_text())["cells"] == first.cells
+
+    stamps = {p: p.stat().st_mtime_ns for p in [*out.rglob("model.safetensors"), up / "model.safetensors"]}
+    second = run(1, {"transfer": {"up"}})
+    assert second.results == first.results and second.upstreams == first.upstreams
+    assert stamps == {p: p.stat().st_mtime_ns for p in stamps}  # nothing trained again

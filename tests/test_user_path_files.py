@@ -9,7 +9,6 @@ import errno
 import io
 import os
 import re
-import socket
 import stat
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +27,7 @@ from bigtransfer.errors import CheckpointError, DownloadError
 from bigtransfer.models import registry
 from bigtransfer.weights import atomic_write
 from bigtransfer.weights import download as dl
-from conftest import fails
+from conftest import closed_port, fails
 
 TINY = ["--model", "BiT-R14x0.5", "--no-pretrained", "--workers", "0", "--quiet", "--batch-size", "8",
         "--set", "crop=32", "--set", "precrop=36", "--eval-split", "none"]
@@ -131,12 +130,6 @@ def run(tmp_path_factory) -> Path:
     return out
 
 
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture()

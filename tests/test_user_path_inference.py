@@ -53,6 +53,7 @@ def predicted(out: str, image: Path) -> list[tuple[str, float]]:
 
 # --- 1. the checkpoint defines the head at inference ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_create_model_with_weights_keeps_the_checkpoints_head(run3):
     state = bt.weights.read_safetensors(run3["run"] / "model.safetensors")[0]
     model = bt.create_model("BiT-R14x0.5", weights=str(run3["run"] / "model.safetensors"))
@@ -61,6 +62,7 @@ def test_create_model_with_weights_keeps_the_checkpoints_head(run3):
     assert model.head.conv.weight.abs().sum() > 0
 
 
+@pytest.mark.slow
 def test_predict_with_a_model_name_and_weights_uses_the_trained_head(run3, capsys):
     weights = str(run3["run"] / "model.safetensors")
     assert main(["predict", "BiT-R14x0.5", "--weights", weights, str(run3["image"]), "--mode", "fp32"]) == 0
@@ -73,6 +75,7 @@ def test_predict_with_a_model_name_and_weights_uses_the_trained_head(run3, capsy
     assert len({p for _, p in by_name}) > 1  # not the uniform output of a zero head
 
 
+@pytest.mark.slow
 def test_a_bare_weights_file_rebuilds_the_model_with_its_head(run3, capsys):
     assert main(["predict", str(run3["run"] / "model.safetensors"), str(run3["image"]), "--mode", "fp32"]) == 0
     assert main(["predict", str(run3["run"]), str(run3["image"]), "--mode", "fp32"]) == 0
@@ -80,6 +83,7 @@ def test_a_bare_weights_file_rebuilds_the_model_with_its_head(run3, capsys):
     assert a.split(": ", 1)[1] == b.split(": ", 1)[1]
 
 
+@pytest.mark.slow
 def test_evaluate_with_a_model_name_and_weights_matches_the_run(run3, capsys):
     common = ["--data", f"imagefolder:{run3['data']}", "--split", "test", "--mode", "fp32", "--workers", "0",
               "--quiet"]
@@ -92,6 +96,7 @@ def test_evaluate_with_a_model_name_and_weights_matches_the_run(run3, capsys):
     assert by_name["top5"] == 100.0  # three classes: the true one is always among the top five
 
 
+@pytest.mark.slow
 def test_fine_tuning_on_another_class_count_says_the_head_is_replaced(run3, tmp_path, caplog):
     data = colour_folders(tmp_path / "two", 4)
     for d in ("blue",):
@@ -110,6 +115,7 @@ def test_fine_tuning_on_another_class_count_says_the_head_is_replaced(run3, tmp_
 
 # --- 2. zero_head is honoured when the checkpoint's head already fits --------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_head", [True, False])
 def test_zero_head_applies_even_when_the_checkpoint_head_matches(run3, tmp_path, zero_head):
     weights = run3["run"] / "model.safetensors"
@@ -127,6 +133,7 @@ def test_zero_head_applies_even_when_the_checkpoint_head_matches(run3, tmp_path,
 
 # --- 5. one run, one accuracy ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_bit_evaluate_reports_the_trainers_number_for_the_same_run(run3, capsys):
     saved = json.loads((run3["run"] / "eval.json").read_text())
     out = run3["run"].parent / "ev-default"
@@ -207,6 +214,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, caplog):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_a_training_run_prints_its_plan_and_a_time_estimate(tmp_path, caplog):
     data = colour_folders(tmp_path / "data", 4)
     with caplog.at_level(logging.INFO, logger="bigtransfer"):
@@ -217,6 +225,7 @@ def test_a_training_run_prints_its_plan_and_a_time_estimate(tmp_path, caplog):
     assert "warning: batch" not in caplog.text
 
 
+@pytest.mark.slow
 def test_a_run_folder_of_an_older_version_still_resumes(tmp_path, capsys):
     """Settings added since a run was written take their defaults, so the same command still picks it up."""
     import yaml
@@ -233,6 +242,7 @@ def test_a_run_folder_of_an_older_version_still_resumes(tmp_path, capsys):
     assert main(argv) == 0, capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_convert_keeps_the_checkpoints_head(run3, tmp_path):
     dst = tmp_path / "r14.npz"
     assert main(["convert", str(run3["run"] / "model.safetensors"), str(dst), "--model", "BiT-R14x0.5"]) == 0

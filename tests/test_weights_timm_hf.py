@@ -56,6 +56,7 @@ def timm_logits(timm_r50, small_batch):
         return timm_r50(small_batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["timm", "hf", "pth", "npz", "safetensors", "ckpt"])
 def test_each_format_gives_timm_logits_and_converts_back_exactly(fmt, r50_files, timm_r50, timm_logits,
                                                                  small_batch, tmp_path):
@@ -71,6 +72,7 @@ def test_each_format_gives_timm_logits_and_converts_back_exactly(fmt, r50_files,
     assert all(torch.equal(back[k], want[k]) for k in want)
 
 
+@pytest.mark.slow
 def test_timm_model_accepts_our_timm_file(r50_files, timm_logits, small_batch, tmp_path):
     timm = pytest.importorskip("timm")
     loaded = read_checkpoint(r50_files["ckpt"])
@@ -107,6 +109,7 @@ def test_unknown_hf_key_is_named(timm_r50):
         load_hf_state(bt.create_model("BiT-S-R50x1"), hf)
 
 
+@pytest.mark.slow
 def test_our_safetensors_carry_model_name_and_head(tmp_path, small_batch):
     torch.manual_seed(0)
     model = bt.create_model("BiT-R14x0.5", num_classes=7)

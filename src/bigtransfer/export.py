@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import BitError, CheckpointError
+from .engine.runs import FINAL_WEIGHTS as FINAL_WEIGHTS  # opening a run or a weights file is engine.runs' job
+from .engine.runs import LAST_WEIGHTS as LAST_WEIGHTS
+from .engine.runs import deploy_facts, load_for_export, load_run_or_checkpoint
+from .engine.runs import run_weights as run_weights
+from .errors import BitError
 from .models.resnetv2 import StdConv2d, standardize
 
 log = logging.getLogger("bigtransfer")
 
-FINAL_WEIGHTS = "model.safetensors"  # what a finished run leaves in its folder (EMA weights when EMA was on)
-LAST_WEIGHTS = Path("checkpoints") / "last" / "model.safetensors"
 _EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf cannot hold a single file over 2 GB
 DYNAMO_MIN_OPSET = 18  # torch.export's ONNX exporter writes this opset and newer ones
 
@@ -41,98 +43,6 @@ def bake_standardized(model: nn.Module) -> nn.Module:
                         conv.bias.copy_(child.bias)
                 setattr(parent, name, conv)
     return baked.float()
-
-
-def run_weights(run: Path) -> Path:
-    """The weights of a run folder: its final ``model.safetensors``, else its newest checkpoint's."""
-    candidates = [run / FINAL_WEIGHTS]
-    ckpts = run / "checkpoints"
-    try:
-        latest = (ckpts / "latest").read_text().strip()
-    except OSError:
-        latest = ""
-    named = [ckpts / latest] if latest else []
-    for folder in named + sorted(ckpts.glob("step_*"), reverse=True):
-        candidates += [folder / "ema.safetensors", folder / "model.safetensors"]
-    candidates.append(run / LAST_WEIGHTS)
-    found = next((c for c in candidates if c.is_file()), None)
-    if found is None:
-        raise CheckpointError(f"{run}: no {FINAL_WEIGHTS} and no checkpoint in the run folder; "
-                              f"the run has not saved weights yet")
-    return found
-
-
-def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, int | None]:
-    """A model from a run folder (``config.yaml`` and the run's weights), a weights file of any supported
-    format, or a registered model name (pretrained); also the input size when it is known."""
-    model, size, _ = load_for_export(source, model_name)
-    return model, size
-
-
-def load_for_export(source: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, int | None, dict]:
-    """As ``load_run_or_checkpoint``, plus what a deployer needs to know (see ``deploy_facts``): class names, input
-    mean/std and the evaluation preprocessing, from the run's config or the weights file's metadata."""
-    from .models import create_model, get_config
-    from .weights import load_checkpoint
-    from .weights.convert import model_for, read_checkpoint
-
-    path = Path(source)
-    if path.is_dir():
-        import yaml
-
-        cfg_file = path / "config.yaml"
-        if not cfg_file.is_file():
-            raise CheckpointError(f"{path}: a run folder needs config.yaml; give the run folder or a weights file")
-        with open(cfg_file, encoding="utf-8") as f:
-            run = yaml.safe_load(f) or {}
-        if not isinstance(run, dict):
-            raise CheckpointError(f"{cfg_file}: not a run configuration (expected a mapping)")
-        name = model_name or run.get("model")
-        if not name:
-            raise CheckpointError(f"{cfg_file}: no 'model' entry; pass --model NAME")
-        weights = run_weights(path)
-        model = create_model(str(name))
-        if run.get("num_classes") and int(run["num_classes"]) != model.num_classes:
-            model.reset_classifier(int(run["num_classes"]))  # before loading, so the run's head is kept
-        load_checkpoint(model, weights)
-        model.pretrained_cfg["num_classes"] = model.num_classes
-        size = run.get("eval_crop") or run.get("crop") or run.get("input_size") or get_config(str(name)).input_size
-        classes = _read_classes(path / "classes.json")
-        if classes is None and weights.suffix == ".safetensors":
-            classes = _classes_from_meta(_safetensors_metadata(weights))
-        facts = deploy_facts(model, {**run, "model": str(name)}, classes)
-        return model, int(size) if size else None, facts
-    if path.is_file():
-        loaded = read_checkpoint(path)
-        model = model_for(loaded, model_name, str(path))
-        meta = loaded.metadata
-        classes = _classes_from_meta(meta)
-        if classes is None:
-            classes = _read_classes(path.parent / "classes.json")
-        size = _as_int(meta.get("eval_crop")) or model.pretrained_cfg.get("input_size")
-        return model, size, deploy_facts(model, meta, classes)
-    if model_name is None:
-        cfg = get_config(str(source))  # unknown names raise UnknownNameError with a suggestion
-        from .engine.runs import class_names, pretrained_eval_settings
-
-        model = create_model(cfg.name, pretrained=True)
-        settings = {"model": cfg.name, **pretrained_eval_settings(cfg)}  # as ``bit predict`` evaluates it
-        return model, cfg.input_size, deploy_facts(model, settings, class_names(cfg.labels))
-    raise CheckpointError(f"{source}: no such file or run folder; check the path")
-
-
-def deploy_facts(model: nn.Module, settings: dict, classes: list[str] | None) -> dict:
-    """The model name, classes, mean/std and eval preprocessing from a run config or a weights file's metadata
-    (``settings``), falling back to what the model's ``pretrained_cfg`` says."""
-    pc = getattr(model, "pretrained_cfg", None) or {}
-    mean = _floats(settings.get("mean")) or _floats(pc.get("mean")) or [0.5, 0.5, 0.5]
-    std = _floats(settings.get("std")) or _floats(pc.get("std")) or [0.5, 0.5, 0.5]
-    if classes is not None and len(classes) != model.num_classes:
-        classes = None
-    return {"model": str(settings.get("model") or pc.get("name") or pc.get("arch") or ""),
-            "num_classes": int(model.num_classes), "classes": classes, "mean": mean, "std": std,
-            "transforms": str(settings.get("transforms") or "hyperrule"),
-            "eval_crop": _as_int(settings.get("eval_crop")), "eval_resize": _as_int(settings.get("eval_resize"))}
 
 
 def onnx_metadata(facts: dict, size: int) -> dict[str, str]:
@@ -174,50 +84,6 @@ def write_metadata(path: str | os.PathLike, props: dict[str, str]) -> bool:
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
     return True
-
-
-def _as_int(value: object) -> int | None:
-    try:
-        return int(value) if value not in (None, "", "None") else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _floats(value: object) -> list[float] | None:
-    """``[a, b, c]`` or ``"a,b,c"`` as a list of floats; None when absent or unreadable."""
-    if isinstance(value, str):
-        value = value.split(",")
-    try:
-        out = [float(v) for v in value] if value else None
-    except (TypeError, ValueError):
-        return None
-    return out if out and len(out) == 3 else None
-
-
-def _read_classes(path: Path) -> list[str] | None:
-    try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return [str(c) for c in classes] if isinstance(classes, list) else None
-
-
-def _classes_from_meta(meta: dict) -> list[str] | None:
-    try:
-        classes = json.loads(meta.get("classes") or "null")
-    except ValueError:
-        return None
-    return [str(c) for c in classes] if isinstance(classes, list) else None
-
-
-def _safetensors_metadata(path: Path) -> dict:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # the weights were read already; a header this reader refuses only loses the class names
-        return {}
 
 
 def opset_range(dynamo: bool) -> tuple[int, int]:

@@ -6,27 +6,10 @@ import argparse
 import os
 from pathlib import Path
 
-from ..errors import BitError, CheckpointError
+from ..errors import BitError
 
-# ``weights.convert.TARGETS`` and ``WEIGHT_SUFFIXES``, repeated here so building the parser needs no PyTorch.
+# ``weights.convert.TARGETS``, repeated here so building the parser needs no PyTorch.
 TARGETS = ("npz", "safetensors", "timm", "hf", "ckpt")
-WEIGHT_SUFFIXES = (".npz", ".safetensors", ".ckpt", ".pth", ".pt", ".bin")
-
-
-def _source(src: str, model: str | None) -> tuple[str, str | None]:
-    """A path as given (a folder too: a Hugging Face folder's config.json is read), or a registered model name
-    resolved to its weights file."""
-    path = Path(src)
-    if path.exists():
-        return src, model
-    if path.suffix.lower() in WEIGHT_SUFFIXES or "/" in src or os.sep in src:
-        raise CheckpointError(f"{src}: no such file; check the path (or give a registered model name to download "
-                              f"its weights)")
-    from ..models import get_config
-    from ..weights.download import fetch_pretrained
-
-    cfg = get_config(src)  # an unknown name raises with a suggestion
-    return str(fetch_pretrained(cfg)), model or cfg.name
 
 
 def _check_destination(dst: str, to: str | None) -> None:
@@ -42,10 +25,11 @@ def _check_destination(dst: str, to: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.runs import weights_source
     from ..weights.convert import arch_name, convert, is_folder_target
 
     _check_destination(args.dst, args.to)
-    src, model_name = _source(args.src, args.model)
+    src, model_name = weights_source(args.src, args.model)
     dst, model = convert(src, args.dst, args.to, model_name=model_name, ema=args.ema, overwrite=args.overwrite)
     arch = arch_name(model.block_units, model.width_factor) or f"units {model.block_units} x{model.width_factor:g}"
     kind = "transformers folder" if is_folder_target(args.dst, args.to) else args.to or dst.suffix.lstrip(".")

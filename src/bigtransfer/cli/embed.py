@@ -136,13 +136,14 @@ def embed_dataset(model, dataset, *, batch_size: int, workers: int, device: Any,
 
 
 def _load(args: argparse.Namespace, source: str, weights: str | None, mode: str):
-    from ..engine.runs import load_run
-    from ..engine.trainer import build_transforms, resolve_device
+    from ..data.transforms import build_transforms
+    from ..engine.distributed import resolve_device
+    from ..engine.runs import open_run
     from ..models.fast import prepare_for_inference
 
     check_source(source)
     device = resolve_device(args.device)
-    loaded = load_run(source, weights)
+    loaded = open_run(source, weights)
     _, eval_tf = build_transforms(loaded.cfg)
     return loaded, prepare_for_inference(loaded.model.to(device), mode), eval_tf, device
 

@@ -11,13 +11,14 @@ from .common import add_mode_argument, non_negative_int, positive_int
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_dataset
+    from ..data.transforms import build_transforms
+    from ..engine.distributed import resolve_device
     from ..engine.evaluate import evaluate_model
     from ..engine.plots import plot_confusion
-    from ..engine.runs import load_run
+    from ..engine.runs import open_run
     from ..engine.sampling import SeededTransform
-    from ..engine.trainer import build_transforms, resolve_device
 
-    loaded = load_run(args.source, args.weights)
+    loaded = open_run(args.source, args.weights)
     cfg = loaded.cfg
     data = args.data or cfg.get("data")
     if not data:

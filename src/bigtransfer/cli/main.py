@@ -16,8 +16,8 @@ from .. import __version__
 from ..errors import BitError, Interrupted, UsageError, file_error_line
 
 # Sub-command modules, in the order ``bit --help`` lists them.
-COMMANDS = ["models", "recipes", "finetune", "fewshot", "train", "evaluate", "predict", "embed", "convert", "export",
-            "demo"]
+COMMANDS = ["models", "recipes", "finetune", "fewshot", "distill", "train", "evaluate", "predict", "embed", "convert",
+            "export", "demo"]
 
 
 class BitArgumentParser(argparse.ArgumentParser):

@@ -9,7 +9,7 @@ def count_params(name: str) -> int:
     """Parameters of a registered model, built on the meta device so even R152x4 is instant."""
     import torch
 
-    from ..models import create_model
+    from ..hub import create_model
 
     with torch.device("meta"):
         model = create_model(name)

@@ -21,16 +21,11 @@ PRINT_LIMIT = 20  # with --output, more images than this print one summary line 
 OUTPUT_FORMATS = (".csv", ".jsonl")
 
 
-def looks_like_path(text: str) -> bool:
-    """Whether ``text`` is written as a path (a separator, or a leading '.' or '~') rather than a model name."""
-    return "/" in text or os.sep in text or text.startswith((".", "~"))
-
-
 def check_source(source: str) -> None:
     """A run folder, weights file or model name; a path-like source that does not exist is one clear error."""
-    if not Path(source).exists() and looks_like_path(source):
-        raise BitError(f"no such run folder '{source}'; give a run folder (with config.yaml), a weights file or a "
-                       f"model name ('bit models' lists them)")
+    from ..engine.runs import check_source as check
+
+    check(source)
 
 
 def _folder_images(path: Path, extensions: set[str]) -> list[str]:
@@ -199,15 +194,16 @@ class LinePrinter:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.runs import load_run
-    from ..engine.trainer import build_transforms, resolve_device
+    from ..data.transforms import build_transforms
+    from ..engine.distributed import resolve_device
+    from ..engine.runs import open_run
     from ..models.fast import prepare_for_inference
 
     check_source(args.source)
     images = image_files(args.images)
     output = check_output(args.output) if args.output else None
     device = resolve_device(args.device)
-    loaded = load_run(args.source, args.weights)
+    loaded = open_run(args.source, args.weights)
     _, eval_tf = build_transforms(loaded.cfg)
     k = min(args.top, loaded.model.num_classes)
     model = prepare_for_inference(loaded.model.to(device), args.mode or loaded.mode)

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
+from ..errors import BitError
+
 BIT_MEAN = (0.5, 0.5, 0.5)  # official BiT weights read inputs in [-1, 1]
 BIT_STD = (0.5, 0.5, 0.5)
 
@@ -73,3 +75,17 @@ def hyperrule_transforms(hp: Any, mean: Floats = BIT_MEAN, std: Floats = BIT_STD
                          flip: bool = True) -> tuple[v2.Compose, v2.Compose]:
     """(train, eval) pipelines for HyperRule parameters ``hp`` (anything with ``precrop`` and ``crop``)."""
     return hyperrule_train(hp.precrop, hp.crop, mean, std, flip), hyperrule_eval(hp.crop, mean, std)
+
+
+def build_transforms(cfg: Mapping[str, Any]) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) pipelines as a resolved run config says."""
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    ra = tuple(cfg["randaugment"]) if cfg.get("randaugment") else None
+    if cfg["transforms"] == "hyperrule":
+        train = hyperrule_train(cfg["precrop"], cfg["crop"], mean, std, flip=cfg["flip"], randaugment=ra)
+        return train, hyperrule_eval(cfg["eval_crop"], mean, std)
+    if cfg["transforms"] == "recipe":
+        train = train_recipe(cfg["crop"], mean, std, scale=tuple(cfg["scale"]), hflip=0.5 if cfg["flip"] else 0.0,
+                             color_jitter=cfg["color_jitter"], randaugment=ra)
+        return train, eval_recipe(cfg.get("eval_resize") or cfg["eval_crop"], cfg["eval_crop"], mean, std)
+    raise BitError(f"unknown transforms '{cfg['transforms']}': use hyperrule or recipe")

@@ -45,7 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "batch_split": 1,  # micro-batches per step (gradient accumulation)
     "steps": None,  # total optimizer steps, or
     "epochs": None,
-    "optimizer": "sgd",  # sgd | rmsprop
+    "optimizer": "sgd",  # sgd | rmsprop | adam | adamw
     "lr": None,  # base lr at batch lr_batch, rescaled linearly to batch_size
     "lr_batch": 512,
     "momentum": 0.9,
@@ -55,7 +55,10 @@ DEFAULTS: dict[str, Any] = {
     "rmsprop_rho": 0.9,
     "rmsprop_eps": 1.0,
     "rmsprop_init": 1.0,  # the mean square's start: 1.0 as MindSpore, TF1 and timm | 0.0 as TF2/Keras
-    "schedule": "hyperrule",  # hyperrule | multistep | exponential | constant
+    "adam_beta1": 0.9,
+    "adam_beta2": 0.999,
+    "adam_eps": 1e-8,
+    "schedule": "hyperrule",  # hyperrule | multistep | exponential | constant | cosine
     "warmup_steps": None,
     "warmup_epochs": None,
     "decay_steps": None,  # hyperrule boundaries
@@ -68,6 +71,11 @@ DEFAULTS: dict[str, Any] = {
     "clip_grad_norm": None,
     "head_only": False,  # train the classifier on cached features of the frozen backbone
     "zero_head": True,
+    # distillation (bit distill): the student is "model", trained to match the teacher's softmax
+    "teacher": None,  # a run folder, a weights file or a model name
+    "teacher_weights": None,  # a weights file for a teacher given by model name
+    "temperature": 1.0,  # of the KL divergence between the teacher's and the student's softmax
+    "extra_data": None,  # more images for the distillation stream (labels unused): a data spec or a plain folder
     # numerics and speed
     "device": "auto",
     "precision": "fp32",  # fp32 | bf16 | fp16

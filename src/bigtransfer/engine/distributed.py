@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import BitError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -27,6 +29,22 @@ class DistInfo:
 def launched_as_main() -> bool:
     """Whether this process is rank 0 of its launch (or was not launched by torchrun), before any group exists."""
     return os.environ.get("RANK", "0") == "0"
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; a device that does not exist here is one clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise BitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    count = torch.cuda.device_count() if device.type == "cuda" and torch.cuda.is_available() else 0
+    if device.type == "cuda" and not count:
+        raise BitError(f"device '{name}' asked for, but no CUDA GPU is available here; use --device cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= count:
+        raise BitError(f"device '{name}' does not exist: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+    return device
 
 
 def init_distributed(device: torch.device) -> DistInfo:

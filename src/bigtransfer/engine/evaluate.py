@@ -52,16 +52,22 @@ def summarize(confusion: np.ndarray, top5_hits: int, classes: list[str] | None =
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size: int = 64, workers: int = 0,
              device: torch.device | None = None, precision: str = "fp32", channels_last: bool = False,
-             info: DistInfo | None = None, classes: list[str] | None = None, progress: bool = False) -> dict:
-    """Evaluate ``model`` on ``dataset`` (already transformed); under DDP each rank takes a shard."""
+             info: DistInfo | None = None, classes: list[str] | None = None, progress: bool = False,
+             reference: torch.Tensor | None = None) -> dict:
+    """Evaluate ``model`` on ``dataset`` (already transformed); under DDP each rank takes a shard.
+
+    With ``reference`` (another model's predicted class of every example, in order) the metrics gain
+    ``agreement``: the percentage of examples where both predict the same class.
+    """
     info = info or DistInfo()
     device = device or next(model.parameters()).device
-    subset = Subset(dataset, shard(len(dataset), info.rank, info.world)) if info.enabled else dataset
+    order = torch.as_tensor(shard(len(dataset), info.rank, info.world) if info.enabled else range(len(dataset)))
+    subset = Subset(dataset, order.tolist()) if info.enabled else dataset
     loader = DataLoader(subset, batch_size=batch_size, num_workers=workers, shuffle=False)
     was_training = model.training
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    hits = 0
+    hits, agree, seen = 0, 0, 0
     batches = loader
     if progress and info.is_main:
         from tqdm.auto import tqdm
@@ -74,10 +80,15 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
         c, h = counts_from_logits(logits, torch.as_tensor(y), num_classes)
         confusion += c
         hits += h
+        if reference is not None:
+            agree += int((logits.argmax(1) == reference[order[seen:seen + len(logits)]]).sum())
+        seen += len(logits)
     model.train(was_training)
-    counts = torch.cat([confusion.flatten(), torch.tensor([hits])])
-    counts = all_reduce_sum(counts, info)
-    return summarize(counts[:-1].view(num_classes, num_classes).numpy(), int(counts[-1]), classes)
+    counts = all_reduce_sum(torch.cat([confusion.flatten(), torch.tensor([hits, agree])]), info)
+    out = summarize(counts[:-2].view(num_classes, num_classes).numpy(), int(counts[-2]), classes)
+    if reference is not None:
+        out["agreement"] = 100.0 * int(counts[-1]) / max(out["n"], 1)
+    return out
 
 
 def run_mode(precision: str) -> str:
@@ -87,7 +98,8 @@ def run_mode(precision: str) -> str:
 
 def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, *, mode: str, batch_size: int = 64,
                    workers: int = 0, device: torch.device | None = None, info: DistInfo | None = None,
-                   classes: list[str] | None = None, progress: bool = False) -> dict:
+                   classes: list[str] | None = None, progress: bool = False,
+                   reference: torch.Tensor | None = None) -> dict:
     """Metrics of ``model`` through the inference path ``mode`` that ``bit evaluate`` takes; ``model`` is untouched.
 
     The trainer's evaluations and ``bit evaluate`` both come here, so one run reports one number.
@@ -97,5 +109,6 @@ def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, *, mode
     device = device or next(model.parameters()).device
     net = prepare_for_inference(copy.deepcopy(model).to(device), mode)
     m = evaluate(net, dataset, num_classes, batch_size=batch_size, workers=workers, device=device, info=info,
-                 classes=classes, progress=progress)
+                 classes=classes, progress=progress, reference=reference)
     return {**m, "mode": mode, "batch_size": batch_size}
+

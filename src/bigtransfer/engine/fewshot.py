@@ -5,18 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+import os
+import shutil
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..errors import BitError
 from . import config as C
-from .plots import plot_fewshot
+from .plots import plot_fewshot, read_rows
 from .trainer import Trainer
 
 log = logging.getLogger("bigtransfer")
 REQUEST = "request.json"  # the identity of a finished cell's settings and data, to reuse it only when they match
 METRIC_NAMES = {"top1": "top-1 accuracy (%)", "balanced_accuracy": "balanced accuracy (%)"}
+KEEP = ("all", "weights", "results")  # what a finished cell keeps: everything, its final weights, its record only
 
 
 def _fingerprint(dataset) -> str:
@@ -64,7 +71,27 @@ def _cached(cell: Path, key: str) -> dict | None:
         return None  # a damaged record: train again
 
 
-def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True) -> dict:
+def is_finished(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds a finished run: its config, its summary and its final weights."""
+    return all((run_dir / name).is_file() for name in ("config.yaml", "summary.json", "model.safetensors"))
+
+
+def _check_keep(keep: str) -> None:
+    if keep not in KEEP:
+        raise BitError(f"unknown keep '{keep}': choose from {', '.join(KEEP)}")
+
+
+def prune_cell(cell: Path, keep: str = "all") -> None:
+    """Drop what a finished cell no longer needs: its resume checkpoints, and its final weights for ``results``."""
+    _check_keep(keep)
+    if keep == "all":
+        return
+    shutil.rmtree(cell / "checkpoints", ignore_errors=True)
+    if keep == "results":
+        (cell / "model.safetensors").unlink(missing_ok=True)
+
+
+def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, keep: str = "all") -> dict:
     """Train and evaluate one (method, k, seed) cell, or reuse it when it finished with the same settings and data.
 
     An interrupted cell resumes from its last checkpoint; ``Interrupted`` propagates unchanged.
@@ -73,60 +100,300 @@ def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True) -> 
 
     key = request_key(cfg, train_set, eval_set)
     hit = _cached(cell, key)
-    if hit is not None:
-        return hit
-    (cell / REQUEST).unlink(missing_ok=True)
-    sub, rest = fewshot_split(train_set, int(cfg["shots"]), int(cfg["seed"]))
-    trainer = Trainer(cfg, cell, train_set=sub, eval_set=eval_set if eval_set is not None else rest,
-                      overwrite=True, quiet=quiet)
-    trainer.fit()
-    if trainer.info.is_main:
+    if hit is None:
+        (cell / REQUEST).unlink(missing_ok=True)
+        sub, rest = fewshot_split(train_set, int(cfg["shots"]), int(cfg["seed"]))
+        trainer = Trainer(cfg, cell, train_set=sub, eval_set=eval_set if eval_set is not None else rest,
+                          overwrite=True, quiet=quiet)
+        trainer.fit()
+        if not trainer.info.is_main:
+            return json.loads((cell / "summary.json").read_text())
         (cell / REQUEST).write_text(json.dumps({"request": key}) + "\n")
-    return json.loads((cell / "summary.json").read_text())
+        hit = json.loads((cell / "summary.json").read_text())
+    prune_cell(cell, keep)
+    return hit
+
+
+# -- running cells side by side ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dependency:
+    """A run that cells start from, e.g. an upstream pre-training: made once, before the first cell that needs it.
+
+    ``make(quiet)`` returns what the sweep hands back for it; with ``jobs`` > 1 it must pickle, as it then runs in a
+    worker unless ``run_dir`` already holds a finished run. ``steps`` sizes its progress bar, ``label`` its log line.
+    """
+
+    make: Callable[[bool], Any]
+    run_dir: Path
+    steps: int = 1
+    label: str = ""
+
+
+_DATA: tuple = (None, None)  # a worker's (train set, eval set), sent once when it starts
+
+
+def _init_worker(threads: int, parent: int, data: tuple) -> None:
+    import threading
+
+    import torch
+
+    global _DATA
+    _DATA = data
+    torch.set_num_threads(threads)
+    logging.getLogger("bigtransfer").setLevel(logging.WARNING)
+
+    def watch() -> None:  # a worker whose parent was killed must not train on as an orphan
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _worker_cell(cfg: dict, cell: Path, keep: str) -> dict:
+    return run_cell(cfg, cell, *_DATA, keep=keep)
+
+
+def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
+    tick = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - tick
+
+
+class Workers:
+    """Worker processes, started on first use, that split the cores between them and hold the sweep's data.
+
+    Small networks spend much of each step in Python and in tiny kernels that do not scale with threads, so two
+    single-threaded runs side by side finish sooner than one run on two threads. Workers are spawned, so a script
+    that runs a parallel sweep needs the ``if __name__ == "__main__":`` guard.
+    """
+
+    def __init__(self, processes: int, data: tuple = (None, None)) -> None:
+        self.processes = max(1, int(processes))
+        self.data = data
+        self._ex = None
+
+    def submit(self, fn: Callable, *args, **kwargs):
+        """``fn(*args, **kwargs)`` in a worker; the future's result is (its value, its seconds)."""
+        if self._ex is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            threads = max(1, (os.cpu_count() or 1) // self.processes)
+            self._ex = ProcessPoolExecutor(self.processes, mp_context=mp.get_context("spawn"),
+                                           initializer=_init_worker, initargs=(threads, os.getpid(), self.data))
+        return self._ex.submit(_timed, fn, *args, **kwargs)
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        if self._ex is None:
+            return
+        if exc_type is not None:  # do not let a half-finished sweep train on for minutes after an error
+            for proc in list(getattr(self._ex, "_processes", {}).values()):
+                proc.terminate()
+        self._ex.shutdown(wait=True, cancel_futures=True)
+
+
+def _last_step(run_dir: Path) -> int:
+    """The last training step ``run_dir`` has logged, while another process trains it."""
+    try:
+        steps = [row["step"] for row in read_rows(run_dir / "metrics.jsonl") if "loss" in row]
+    except OSError:
+        return 0
+    return int(steps[-1]) if steps else 0
+
+
+@dataclass(frozen=True, eq=False)  # a cell is itself: compared and hashed by identity
+class _Cell:
+    method: str
+    k: int
+    seed: int
+    cfg: dict | None = None  # an engine cell's config; None for a method computed by a function of (k, seed)
+    run_dir: Path | None = None
+    needs: frozenset[str] = frozenset()
+
+
+@dataclass
+class SweepResult:
+    """Per method and k, the metric over seeds; a row per cell (with its run folder and seconds); each dependency."""
+
+    metric: str
+    results: dict[str, dict[int, list[float]]]
+    cells: list[dict]
+    upstreams: dict[str, Any]
+
+    def payload(self, shots: Sequence[int], seeds: Sequence[int]) -> dict:
+        return {"metric": self.metric, "shots": list(shots), "seeds": list(seeds),
+                "results": {m: {str(k): v for k, v in r.items()} for m, r in self.results.items()},
+                "cells": self.cells}
+
+
+class _Scheduler:
+    """Runs the cells, here or in workers, each as soon as the dependencies it needs are made."""
+
+    def __init__(self, cells: list[_Cell], data: tuple, extra: dict[str, Callable[[int, int], float]],
+                 upstreams: dict[str, Dependency], metric: str, keep: str, workers: Workers | None,
+                 progress: bool) -> None:
+        self.cells, self.data, self.extra, self.upstreams = cells, data, extra, upstreams
+        self.metric, self.keep, self.workers, self.progress = metric, keep, workers, progress
+        self.made: dict[str, Any] = {}
+        self.rows: dict[_Cell, dict] = {}
+        self.bar = self.up_bar = None
+
+    def run(self) -> tuple[dict[_Cell, dict], dict[str, Any]]:
+        from tqdm.auto import tqdm
+
+        todo = self._start_upstreams()
+        self.bar = tqdm(total=len(self.cells), desc="few-shot cells", disable=not self.progress, dynamic_ncols=True,
+                        unit="cell", position=1 if self.up_bar is not None else 0)
+        try:
+            if self.workers is None:
+                for cell in self.cells:
+                    self._local(cell)
+            else:
+                self._parallel(todo)
+        finally:
+            for bar in (self.up_bar, self.bar):
+                if bar is not None:
+                    bar.close()
+        return self.rows, {name: self.made[name] for name in self.upstreams}
+
+    def _start_upstreams(self) -> dict:
+        """Make each dependency here (a finished one is reused at once), or with workers send the unfinished ones
+        off, longest first; returns their futures."""
+        from tqdm.auto import tqdm
+
+        todo = [n for n, dep in self.upstreams.items() if self.workers is not None and not is_finished(dep.run_dir)]
+        for name, dep in self.upstreams.items():
+            if name not in todo:
+                self.made[name] = dep.make(not self.progress)
+        if not todo:
+            return {}
+        order = sorted(todo, key=lambda n: -self.upstreams[n].steps)
+        futures = {}
+        for name in order:
+            dep = self.upstreams[name]
+            log.info("pre-training %s -> %s", dep.label or name, dep.run_dir)
+            futures[self.workers.submit(dep.make, True)] = name
+        self.up_bar = tqdm(total=sum(self.upstreams[n].steps for n in todo), desc=f"upstreams {'+'.join(order)}",
+                           unit="step", disable=not self.progress, dynamic_ncols=True, position=0)
+        return futures
+
+    def _parallel(self, up_futures: dict) -> None:
+        from concurrent.futures import FIRST_COMPLETED, wait
+
+        # Decided once, before any worker can finish a cell: finished cells and functions of (k, seed) run here.
+        local = [c for c in self.cells if c.cfg is None or _cached(c.run_dir, request_key(c.cfg, *self.data))]
+        here = set(local)
+        remote = [c for c in self.cells if c not in here]
+        cell_futures: dict = {}
+
+        def submit_ready() -> set:
+            ready = [c for c in remote if c.needs <= set(self.made)]
+            new = {self.workers.submit(_worker_cell, c.cfg, c.run_dir, self.keep): c for c in ready}
+            remote[:] = [c for c in remote if c not in ready]
+            cell_futures.update(new)
+            return set(new)
+
+        pending = set(up_futures) | submit_ready()
+        for cell in local:
+            self._local(cell)
+        while pending:
+            done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in done:
+                value, seconds = future.result()
+                if future in up_futures:
+                    self.made[up_futures[future]] = value
+                    pending |= submit_ready()
+                else:
+                    self._record(cell_futures[future], value, seconds)
+            self._upstream_progress(up_futures.values())
+
+    def _upstream_progress(self, names: Collection[str]) -> None:
+        if self.up_bar is not None:
+            steps = sum(self.upstreams[n].steps if n in self.made else _last_step(self.upstreams[n].run_dir)
+                        for n in names)
+            self.up_bar.update(steps - self.up_bar.n)
+
+    def _local(self, cell: _Cell) -> None:
+        self.bar.set_postfix_str(f"{cell.method} k={cell.k} seed={cell.seed}")
+        if cell.cfg is None:
+            self._record(cell, *_timed(self.extra[cell.method], cell.k, cell.seed))
+        else:
+            self._record(cell, *_timed(run_cell, cell.cfg, cell.run_dir, *self.data, keep=self.keep))
+
+    def _record(self, cell: _Cell, value, seconds: float) -> None:
+        row = {"method": cell.method, "k": cell.k, "seed": cell.seed}
+        if isinstance(value, dict):
+            row[self.metric] = float(value[self.metric])
+            row.update({m: float(value[m]) for m in METRIC_NAMES if m != self.metric and m in value})
+            row["run"] = str(cell.run_dir)
+        else:
+            row[self.metric] = float(value)
+        row["seconds"] = round(seconds, 2)
+        self.rows[cell] = row
+        self.bar.set_postfix_str(f"{cell.method} k={cell.k} seed={cell.seed}: {row[self.metric]:.1f}%")
+        self.bar.update(1)
+
+
+def _plan(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, methods: dict[str, dict],
+          extra: dict, needs: dict[str, Collection[str]], upstreams: dict[str, Dependency]) -> list[_Cell]:
+    """Every (method, k, seed) cell, methods first, then the functions of (k, seed), each over shots x seeds."""
+    unknown = sorted(set(needs) - set(methods)) + sorted({n for v in needs.values() for n in v} - set(upstreams))
+    if unknown:
+        raise BitError(f"'{unknown[0]}' is neither a method nor a dependency of this sweep")
+    cells = []
+    for method in [*methods, *extra]:
+        for k in shots:
+            for s in seeds:
+                if method not in methods:
+                    cells.append(_Cell(method, int(k), int(s)))
+                    continue
+                cfg = C.merge(base, {**methods[method], "shots": int(k), "seed": int(s)}, f"method {method}")
+                cells.append(_Cell(method, int(k), int(s), cfg, out / method.replace(" ", "-") / f"k{k}_s{s}",
+                                   frozenset(needs.get(method, ()))))
+    return cells
 
 
 def sweep(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, train_set, eval_set=None,
           methods: dict[str, dict] | None = None, metric: str = "top1", progress: bool = True,
-          extra: dict[str, Callable[[int, int], float]] | None = None, rest_context: str = "eval_split rest") -> dict:
-    """Run every (method, k, seed) cell; ``methods`` maps a name to config overrides (e.g. scratch).
+          extra: dict[str, Callable[[int, int], float]] | None = None, rest_context: str = "eval_split rest", *,
+          jobs: int = 1, needs: dict[str, Collection[str]] | None = None,
+          upstreams: dict[str, Dependency] | None = None, keep: str = "all", report: bool = True) -> SweepResult:
+    """Run every (method, k, seed) cell into ``out/METHOD/kK_sSEED``; ``methods`` maps a name to config overrides.
 
-    ``extra`` adds methods computed by a function of (k, seed) (baselines outside the engine). Without
+    ``extra`` adds methods computed here by a function of (k, seed) (baselines outside the engine). Without
     ``eval_set`` each cell is scored on the rest of its split, and a k that leaves none is refused before any
-    training (``rest_context`` says why in that message). Writes ``results.json``, ``table.md`` and
-    ``fewshot.png`` into ``out`` and returns the results.
+    training (``rest_context`` says why in that message). With ``jobs`` > 1 the engine cells train in that many
+    worker processes; ``needs`` maps a method to the ``upstreams`` its cells start from, each made once (in a
+    worker while others train) before them. ``keep`` prunes finished cells (see ``KEEP``). With ``report``,
+    writes ``results.json``, ``table.md`` and ``fewshot.png`` into ``out``.
     """
-    from tqdm.auto import tqdm
-
     from ..data.fewshot import rest_check
 
-    methods = methods or {"transfer": {}}
+    methods, extra, upstreams = methods or {"transfer": {}}, extra or {}, upstreams or {}
+    _check_keep(keep)
     if eval_set is None:
         for k in shots:
             empty = rest_check(train_set, int(k), rest_context)
             if empty:
                 log.warning("k=%d per class leaves no image of class %s to evaluate on (%s); balanced accuracy "
                             "averages the other classes", k, ", ".join(f"'{c}'" for c in empty[:5]), rest_context)
+    cells = _plan(base, shots, seeds, out, methods, extra, needs or {}, upstreams)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [(m, k, s) for m in list(methods) + list(extra or {}) for k in shots for s in seeds]
-    results: dict[str, dict[int, list[float]]] = {m: {k: [] for k in shots} for m, _, _ in cells}
-    bar = tqdm(cells, desc="few-shot", disable=not progress, dynamic_ncols=True)
-    try:
-        for method, k, s in bar:
-            bar.set_postfix(method=method, k=k, seed=s)
-            if method in methods:
-                cfg = C.merge(base, {**methods[method], "shots": int(k), "seed": int(s)}, f"method {method}")
-                value = run_cell(cfg, out / method / f"k{k}_s{s}", train_set, eval_set)[metric]
-            else:
-                value = float(extra[method](k, s))
-            results[method][k].append(float(value))
-    finally:
-        bar.close()
-    payload = {"metric": metric, "shots": list(shots), "seeds": list(seeds),
-               "results": {m: {str(k): v for k, v in r.items()} for m, r in results.items()}}
-    (out / "results.json").write_text(json.dumps(payload, indent=1))
-    (out / "table.md").write_text(format_table(results, metric))
-    plot_fewshot(results, out / "fewshot.png", METRIC_NAMES.get(metric, metric))
-    return payload
+    data = (train_set, eval_set)
+    with Workers(jobs, data) as workers:
+        scheduler = _Scheduler(cells, data, extra, upstreams, metric, keep, workers if jobs > 1 else None, progress)
+        rows, made = scheduler.run()
+    results = {m: {int(k): [rows[c][metric] for c in cells if (c.method, c.k) == (m, int(k))] for k in shots}
+               for m in [*methods, *extra]}
+    res = SweepResult(metric, results, [rows[c] for c in cells], made)
+    if report:
+        (out / "results.json").write_text(json.dumps(res.payload(shots, seeds), indent=1))
+        (out / "table.md").write_text(format_table(results, metric))
+        plot_fewshot(results, out / "fewshot.png", METRIC_NAMES.get(metric, metric))
+    return res
 
 
 def format_table(results: dict[str, dict[int, list[float]]], metric: str = "top1") -> str:

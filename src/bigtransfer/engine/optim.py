@@ -1,4 +1,4 @@
-"""Optimizers: SGD and a TensorFlow/MindSpore-style RMSProp, with weight-decay filters."""
+"""Optimizers: SGD, a TensorFlow/MindSpore-style RMSProp and AdamW, with weight-decay filters."""
 
 from __future__ import annotations
 
@@ -74,7 +74,11 @@ class RMSpropTF(torch.optim.Optimizer):
 
 
 def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    """SGD or RMSProp over ``model``'s trainable parameters as a resolved recipe asks."""
+    """SGD, RMSProp or AdamW over ``model``'s trainable parameters as a resolved recipe asks.
+
+    ``adamw`` decays the weights decoupled from the gradient (``w -= lr * weight_decay * w``), as optax's
+    ``add_decayed_weights`` before the learning rate; ``adam`` adds ``weight_decay * w`` to the gradient.
+    """
     groups = param_groups(model, float(cfg.get("weight_decay") or 0.0), cfg.get("weight_decay_filter", "norm_bias"))
     lr = float(cfg["lr"])
     name = cfg["optimizer"].lower()
@@ -85,7 +89,11 @@ def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
         return RMSpropTF(groups, lr=lr, rho=float(cfg.get("rmsprop_rho", 0.9)),
                          momentum=float(cfg.get("momentum", 0.9)), eps=float(cfg.get("rmsprop_eps", 1.0)),
                          ms_init=float(cfg.get("rmsprop_init", 1.0)))
-    raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop)")
+    if name in ("adam", "adamw"):
+        betas = (float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999)))
+        kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
+        return kind(groups, lr=lr, betas=betas, eps=float(cfg.get("adam_eps", 1e-8)))
+    raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop | adam | adamw)")
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

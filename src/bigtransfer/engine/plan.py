@@ -23,6 +23,8 @@ def _schedule_line(cfg: dict) -> str:
         shape = f"lr x{sched.gamma:g} at steps {drops}"
     elif kind == "exponential":
         shape = f"lr x{sched.gamma:g} every {sched.every:g} steps"
+    elif kind == "cosine":
+        shape = f"cosine decay to 0 at step {steps}"
     else:
         shape = "constant lr"
     at = f" ({float(cfg['lr']):g} at batch {cfg['lr_batch']})" if int(cfg["lr_batch"]) != int(cfg["batch_size"]) else ""
@@ -53,6 +55,8 @@ def describe(cfg: dict, n_eval: int | None, device: torch.device, world: int = 1
         f"evaluation: {evaluation}",
         f"  resolution: {res} ({cfg['transforms']} transforms)",
         f"  batch {batch} ({per}); {steps} steps = {steps * batch / max(n, 1):.1f} epochs",
+        *([f"  distilling {cfg['teacher']} into it: KL to the teacher's softmax at temperature "
+           f"{float(cfg['temperature']):g} on the same augmented batch; labels unused"] if cfg.get("teacher") else []),
         _schedule_line(cfg),
         f"  {cfg['optimizer']}, weight decay {cfg['weight_decay']:g}; " + ", ".join(e for e in extras if e),
         f"  device {device}, precision {cfg['precision']}, {cfg['workers']} data workers",

@@ -32,7 +32,7 @@ def extract_features(model: nn.Module, dataset, transform, *, batch_size: int = 
 def fit_head(trainer):
     """Train ``trainer.model``'s classifier on cached features with the run's optimizer and schedule."""
     c = trainer.cfg
-    model = trainer._bare()
+    model = trainer.net
     start = time.perf_counter()
     # Cached features cannot see augmentation, so the evaluation transform is used for training too.
     feats = extract_features(model, trainer.train_set, trainer.eval_tf, device=trainer.device,
@@ -55,7 +55,7 @@ def fit_head(trainer):
         loss.backward()
         opt.step()
         if (step + 1) % int(c["log_every"]) == 0 or step + 1 == total:
-            trainer._log({"step": step + 1, "loss": loss.item(), "lr": schedule(step)})
+            trainer.log_row({"step": step + 1, "loss": loss.item(), "lr": schedule(step)})
     with torch.no_grad():
         model.head.conv.weight.copy_(head.weight[:, :, None, None])
         model.head.conv.bias.copy_(head.bias)

@@ -16,6 +16,10 @@ MIN_RESOLUTION = 32  # the network's total stride: the stem divides by 4, three 
 log = logging.getLogger("bigtransfer")
 
 
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+SCHEDULES = ("hyperrule", "multistep", "exponential", "constant", "cosine")
+
+
 def resolve(cfg: dict, n_train: int, image_size: tuple[int, int], num_classes: int, model_cfg: dict) -> dict:
     """A copy of ``cfg`` with resolution, schedule, MixUp, lr, steps and normalisation made explicit."""
     cfg = dict(cfg)
@@ -84,6 +88,11 @@ def _check_early(cfg: dict) -> None:
         _number(cfg, "mixup", 0, strict=False)
 
 
+def _choice(cfg: dict, key: str, allowed: tuple[str, ...]) -> None:
+    if str(cfg[key]).lower() not in allowed:
+        raise BitError(f"unknown {key} '{cfg[key]}': use {' | '.join(allowed)} (--set {key}=...)")
+
+
 def _triple(cfg: dict, key: str) -> None:
     value = cfg[key]
     if not (isinstance(value, list) and len(value) == 3
@@ -99,6 +108,9 @@ def _check(cfg: dict, model_cfg: dict) -> None:
     _number(cfg, "lr", 0)
     _number(cfg, "workers", 0, strict=False, integer=True)
     _number(cfg, "rmsprop_init", 0, strict=False)
+    _number(cfg, "temperature", 0)
+    _choice(cfg, "optimizer", OPTIMIZERS)
+    _choice(cfg, "schedule", SCHEDULES)
     for key in ("crop", "eval_crop", "precrop"):
         _number(cfg, key, 0, integer=True)
         if cfg[key] < MIN_RESOLUTION:

@@ -1,51 +1,109 @@
-"""Open what a run folder holds (config, final weights, class names), or a registered model, for inference."""
+"""The run folder's one owner: the names of its files, opening a run (or a weights file, or a registered model) for
+inference, and writing a run's folder and its final weights."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from ..errors import BitError, CheckpointError
-from ..models import ResNetV2, create_model, get_config
-from .config import DEFAULTS
+from ..hub import create_model
+from ..models import ResNetV2, get_config
+from ..weights.common import atomic_write
+from . import config as C
+from .checkpoint import list_checkpoints, read_latest_name
+from .distributed import DistInfo, broadcast_object
 from .evaluate import run_mode
+
+log = logging.getLogger("bigtransfer")
+
+CONFIG = "config.yaml"  # the resolved run config; a folder holding it is a run folder
+FINAL_WEIGHTS = "model.safetensors"  # written when the run finishes (the EMA weights when EMA was on)
+CLASSES = "classes.json"
+CHECKPOINTS = "checkpoints"  # step_* folders and ``latest`` naming the newest (see engine.checkpoint)
+EMA_WEIGHTS = "ema.safetensors"  # in a checkpoint folder, next to its model.safetensors
+LAST_WEIGHTS = Path(CHECKPOINTS) / "last" / FINAL_WEIGHTS
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+SUMMARY_TEXT = "summary.txt"
+EVAL = "eval.json"  # the final evaluation, with per-class accuracy and the confusion matrix
+TENSORBOARD = "tensorboard"
+TRAINING_PLOT = "training.png"
+CONFUSION_PLOT = "confusion.png"
+RESTART_REMOVES = (CHECKPOINTS, METRICS, SUMMARY, FINAL_WEIGHTS, TENSORBOARD)  # what a restarted run starts without
 
 
 @dataclass
 class LoadedModel:
+    """A model ready for inference, with what its run, file or registry entry says about its inputs and classes."""
+
     model: ResNetV2
-    cfg: dict  # a resolved run config (for a bare model name: enough to build its evaluation transform)
+    cfg: dict  # a resolved run config (for a file or a bare model name: enough to build its evaluation transform)
     classes: list[str] | None
     mode: str = "auto"  # the default inference path: a trained run's own (as its eval.json), else the fastest
+    input_size: int | None = None  # the resolution it is evaluated at, when known
+    facts: dict = field(default_factory=dict)  # model name, classes, mean/std, eval preprocessing: ``deploy_facts``
+
+    @property
+    def mean(self) -> list[float]:
+        return self.facts.get("mean") or list(self.cfg["mean"])
+
+    @property
+    def std(self) -> list[float]:
+        return self.facts.get("std") or list(self.cfg["std"])
 
 
-def is_run_dir(path: str | Path) -> bool:
-    return Path(path).is_dir() and (Path(path) / "config.yaml").is_file()
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
 
 
-def load_run(source: str | Path, weights: str | None = None) -> LoadedModel:
-    """A model for inference from a run folder, a weights file, or a registered name (pretrained or ``weights``).
+def looks_like_path(text: str) -> bool:
+    """Whether ``text`` is written as a path (a separator, or a leading '.' or '~') rather than a model name."""
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
 
-    The checkpoint defines the head (its size and values); a name only picks the architecture.
-    """
-    if is_run_dir(source):
-        return _from_run(Path(source), weights)
-    path = Path(source)
-    if path.is_file() or path.is_dir():  # a weights file, or a folder holding one (e.g. a Hugging Face folder)
-        return _from_file(path, None)
-    text = str(source)
-    if "/" in text or text.startswith((".", "~")):
+
+def check_source(source: str) -> None:
+    """A run folder, weights file or model name; a path-like source that does not exist is one clear error."""
+    if not Path(source).exists() and looks_like_path(source):
         raise BitError(f"no such run folder '{source}'; give a run folder (with config.yaml), a weights file or a "
                        f"model name ('bit models' lists them)")
-    mc = get_config(text)
+
+
+def open_run(source: str | os.PathLike, weights: str | os.PathLike | None = None, *, model_name: str | None = None,
+             unfinished: bool = False) -> LoadedModel:
+    """A model for inference from a run folder, a weights file (or a folder holding one), or a registered name
+    (its pretrained weights, or the file ``weights``).
+
+    The checkpoint defines the head (its size and values); a name only picks the architecture. ``model_name``
+    overrides the model a run config or a file names; with ``unfinished`` a run without final weights yet opens
+    its newest checkpoint.
+    """
+    path = Path(source)
+    if is_run_dir(path):
+        return _from_run(path, weights, model_name, unfinished)
+    if path.is_dir() and not _holds_weights(path):
+        raise CheckpointError(f"{path}: a run folder needs config.yaml; give the run folder or a weights file")
+    if path.is_file() or path.is_dir():  # a weights file, or a folder holding one (e.g. a Hugging Face folder)
+        return _from_file(path, model_name)
+    check_source(str(source))
+    if model_name is not None:
+        raise CheckpointError(f"{source}: no such file or run folder; check the path")
+    mc = get_config(str(source))  # an unknown name raises UnknownNameError with a suggestion
     if weights:
         return _from_file(Path(weights), mc.name)
     model = create_model(mc.name, pretrained=True).eval()
-    cfg = {**_inference_cfg(model, {}), **pretrained_eval_settings(mc)}
-    return LoadedModel(model, cfg, class_names(mc.labels))
+    settings = pretrained_eval_settings(mc)
+    cfg = {**_inference_cfg(model, {}), **settings}
+    return _loaded(model, cfg, {"model": mc.name, **settings}, class_names(mc.labels), "auto", mc.input_size)
+
+
+load_run = open_run
 
 
 def pretrained_eval_settings(mc) -> dict:
@@ -55,18 +113,51 @@ def pretrained_eval_settings(mc) -> dict:
     return {}
 
 
-def _from_run(run: Path, weights: str | None) -> LoadedModel:
-    cfg = yaml.safe_load((run / "config.yaml").read_text())
-    final = Path(weights) if weights else run / "model.safetensors"
-    if not final.exists():
-        raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
-    model = create_model(cfg["model"], num_classes=int(cfg["num_classes"]))
+def read_run_config(run: Path) -> dict:
+    """The run config a run folder holds; one clear error when it is not a mapping."""
+    cfg_file = run / CONFIG
+    with open(cfg_file, encoding="utf-8") as f:
+        cfg = yaml.safe_load(f) or {}
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_file}: not a run configuration (expected a mapping)")
+    return cfg
+
+
+def run_weights(run: Path) -> Path:
+    """The weights of a run folder: its final ``model.safetensors``, else its newest checkpoint's."""
+    candidates = [run / FINAL_WEIGHTS]
+    ckpts = run / CHECKPOINTS
+    latest = read_latest_name(ckpts)
+    named = [ckpts / latest] if latest else []
+    for folder in named + list_checkpoints(ckpts):
+        candidates += [folder / EMA_WEIGHTS, folder / FINAL_WEIGHTS]
+    candidates.append(run / LAST_WEIGHTS)
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise CheckpointError(f"{run}: no {FINAL_WEIGHTS} and no checkpoint in the run folder; "
+                              f"the run has not saved weights yet")
+    return found
+
+
+def _from_run(run: Path, weights: str | os.PathLike | None, model_name: str | None, unfinished: bool) -> LoadedModel:
     from ..weights import load_checkpoint
 
-    load_checkpoint(model, final)
-    classes_file = run / "classes.json"
-    classes = json.loads(classes_file.read_text()) if classes_file.exists() else None
-    return LoadedModel(model.eval(), cfg, classes, run_mode(str(cfg.get("precision", "fp32"))))
+    cfg = read_run_config(run)
+    name = model_name or cfg.get("model")
+    if not name:
+        raise CheckpointError(f"{run / CONFIG}: no 'model' entry; pass --model NAME")
+    final = Path(weights) if weights else run_weights(run) if unfinished else run / FINAL_WEIGHTS
+    if not final.exists():
+        raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
+    model = create_model(str(name), num_classes=int(cfg["num_classes"]) if cfg.get("num_classes") else None)
+    load_checkpoint(model, final)  # the run's head: created at its size first, so loading keeps it
+    model.pretrained_cfg["num_classes"] = model.num_classes
+    cfg = {**cfg, "model": str(name)}
+    classes = _read_classes(run / CLASSES)
+    if classes is None and final.suffix == ".safetensors":
+        classes = _classes_from_meta(_safetensors_metadata(final))
+    size = cfg.get("eval_crop") or cfg.get("crop") or cfg.get("input_size") or get_config(str(name)).input_size
+    return _loaded(model.eval(), cfg, cfg, classes, run_mode(str(cfg.get("precision", "fp32"))), size)
 
 
 def _from_file(path: Path, name: str | None) -> LoadedModel:
@@ -78,22 +169,31 @@ def _from_file(path: Path, name: str | None) -> LoadedModel:
     loaded = read_checkpoint(path)
     model = model_for(loaded, name, str(path)).eval()
     meta = loaded.metadata
-    cfg = _inference_cfg(model, meta)
-    classes = None
-    if meta.get("classes"):
-        classes = json.loads(meta["classes"])
-    elif (path.parent / "classes.json").is_file():
-        classes = json.loads((path.parent / "classes.json").read_text())
-    if classes is not None and len(classes) != model.num_classes:
-        classes = None
-    return LoadedModel(model, cfg, classes, run_mode(meta["precision"]) if meta.get("precision") else "auto")
+    classes = _classes_from_meta(meta)
+    if classes is None:
+        classes = _read_classes(path.parent / CLASSES)
+    size = _as_int(meta.get("eval_crop")) or model.pretrained_cfg.get("input_size")
+    mode = run_mode(meta["precision"]) if meta.get("precision") else "auto"
+    return _loaded(model, _inference_cfg(model, meta), meta, classes, mode, size)
+
+
+def _loaded(model: ResNetV2, cfg: dict, settings: dict, classes: list[str] | None, mode: str,
+            size: object) -> LoadedModel:
+    facts = deploy_facts(model, settings, classes)
+    return LoadedModel(model, cfg, facts["classes"], mode, _as_int(size), facts)
+
+
+def _holds_weights(folder: Path) -> bool:
+    from ..weights.convert import WEIGHT_SUFFIXES
+
+    return any(p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file() for p in folder.iterdir())
 
 
 def _inference_cfg(model: ResNetV2, meta: dict) -> dict:
     """Enough of a run config to build the evaluation transform for ``model`` (and its file's metadata)."""
     pc = model.pretrained_cfg or {}
     size = int(meta.get("eval_crop") or pc.get("input_size") or 224)
-    cfg = {**DEFAULTS, "model": pc.get("name") or meta.get("model") or "", "num_classes": model.num_classes,
+    cfg = {**C.DEFAULTS, "model": pc.get("name") or meta.get("model") or "", "num_classes": model.num_classes,
            "mean": list(pc.get("mean") or (0.5, 0.5, 0.5)), "std": list(pc.get("std") or (0.5, 0.5, 0.5)),
            "crop": size, "eval_crop": size, "precrop": size}
     cfg["transforms"] = meta.get("transforms") or cfg["transforms"]
@@ -102,6 +202,50 @@ def _inference_cfg(model: ResNetV2, meta: dict) -> dict:
     if meta.get("precision"):
         cfg["precision"] = meta["precision"]
     return cfg
+
+
+def deploy_facts(model: ResNetV2, settings: dict, classes: list[str] | None) -> dict:
+    """The model name, classes, mean/std and eval preprocessing from a run config or a weights file's metadata
+    (``settings``), falling back to what the model's ``pretrained_cfg`` says."""
+    pc = getattr(model, "pretrained_cfg", None) or {}
+    mean = _floats(settings.get("mean")) or _floats(pc.get("mean")) or [0.5, 0.5, 0.5]
+    std = _floats(settings.get("std")) or _floats(pc.get("std")) or [0.5, 0.5, 0.5]
+    if classes is not None and len(classes) != model.num_classes:
+        classes = None
+    return {"model": str(settings.get("model") or pc.get("name") or pc.get("arch") or ""),
+            "num_classes": int(model.num_classes), "classes": classes, "mean": mean, "std": std,
+            "transforms": str(settings.get("transforms") or "hyperrule"),
+            "eval_crop": _as_int(settings.get("eval_crop")), "eval_resize": _as_int(settings.get("eval_resize"))}
+
+
+def load_for_export(source: str | os.PathLike, model_name: str | None = None) -> tuple[ResNetV2, int | None, dict]:
+    """``open_run`` as ``bit export`` opens a source (a run without final weights gives its newest checkpoint):
+    the model, its input size when known, and its ``deploy_facts``."""
+    loaded = open_run(source, model_name=model_name, unfinished=True)
+    return loaded.model, loaded.input_size, loaded.facts
+
+
+def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[ResNetV2, int | None]:
+    """As ``load_for_export``, without the facts."""
+    model, size, _ = load_for_export(source, model_name)
+    return model, size
+
+
+def weights_source(source: str, model_name: str | None = None) -> tuple[str, str | None]:
+    """The weights ``bit convert`` reads: a path as given (a run or Hugging Face folder: its weights file), or a
+    registered model name resolved to its downloaded weights file (and that name)."""
+    from ..weights.convert import WEIGHT_SUFFIXES
+
+    path = Path(source)
+    if path.exists():
+        return source, model_name
+    if path.suffix.lower() in WEIGHT_SUFFIXES or looks_like_path(source):
+        raise CheckpointError(f"{source}: no such file; check the path (or give a registered model name to download "
+                              f"its weights)")
+    from ..weights.download import fetch_pretrained
+
+    cfg = get_config(source)  # an unknown name raises with a suggestion
+    return str(fetch_pretrained(cfg)), model_name or cfg.name
 
 
 def class_names(labels: str | None) -> list[str] | None:
@@ -115,3 +259,120 @@ def class_names(labels: str | None) -> list[str] | None:
     except ImportError:
         return None
     return fetch_labels(labels)
+
+
+def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -> bool:
+    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes).
+
+    Rank 0 decides and tells the others, so every rank takes the same branch and the same collectives.
+    """
+    outcome: tuple[bool, str | None] = (False, None)
+    if info.is_main:
+        try:
+            outcome = (_prepare_run_dir(run_dir, cfg, overwrite), None)
+        except BitError as e:
+            outcome = (False, str(e))
+    resumable, error = broadcast_object(outcome, info)
+    if error:
+        raise BitError(error)
+    return resumable
+
+
+def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BitError(f"--out {run_dir} is a file, not a folder; choose another --out")
+    saved = run_dir / CONFIG
+    if saved.exists():
+        try:
+            old = yaml.safe_load(saved.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            old = None
+        # an unreadable config.yaml counts as another run; keys an older version did not write take their defaults
+        old = {**C.DEFAULTS, **old} if isinstance(old, dict) and old else {}
+        if C.identity(old) == C.identity(cfg):
+            return True
+        if not overwrite and not _has_progress(run_dir):
+            log.info("%s holds a run that saved no weights yet; starting it again with the new settings", run_dir)
+        elif not overwrite:
+            diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
+            raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
+                           f"use another --out, or --overwrite to replace it")
+        for name in RESTART_REMOVES:
+            target = run_dir / name
+            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(saved, lambda tmp: Path(tmp).write_text(C.dump(cfg)))
+    return False
+
+
+def _has_progress(run_dir: Path) -> bool:
+    """Whether a run folder holds anything a restart would lose: a checkpoint or final weights."""
+    return (run_dir / FINAL_WEIGHTS).exists() or any((run_dir / CHECKPOINTS).glob("step_*"))
+
+
+def run_metadata(cfg: dict, classes: list[str]) -> dict[str, str]:
+    """What a run's ``model.safetensors`` records, so the bare file rebuilds the model, its head and its inputs."""
+    mc = get_config(cfg["model"])
+    meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg["num_classes"]),
+            "block_units": ",".join(str(u) for u in mc.block_units), "width_factor": str(mc.width_factor),
+            "classes": json.dumps(classes), "transforms": str(cfg["transforms"]), "eval_crop": str(cfg["eval_crop"]),
+            "mean": ",".join(str(float(v)) for v in cfg["mean"]), "std": ",".join(str(float(v)) for v in cfg["std"]),
+            "precision": str(cfg["precision"])}
+    if cfg.get("eval_resize"):
+        meta["eval_resize"] = str(cfg["eval_resize"])
+    return meta
+
+
+def write_final_weights(run_dir: Path, state_dict: dict, cfg: dict, classes: list[str]) -> Path:
+    """Write the run's ``model.safetensors`` (with ``run_metadata``) and ``classes.json``, each atomically."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    meta = run_metadata(cfg, classes)
+    atomic_write(run_dir / FINAL_WEIGHTS, lambda p: save_file(state, p, metadata=meta))
+    atomic_write(run_dir / CLASSES, lambda p: Path(p).write_text(json.dumps(classes)))
+    return run_dir / FINAL_WEIGHTS
+
+
+def _as_int(value: object) -> int | None:
+    try:
+        return int(value) if value not in (None, "", "None") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: object) -> list[float] | None:
+    """``[a, b, c]`` or ``"a,b,c"`` as a list of floats; None when absent or unreadable."""
+    if isinstance(value, str):
+        value = value.split(",")
+    try:
+        out = [float(v) for v in value] if value else None
+    except (TypeError, ValueError):
+        return None
+    return out if out and len(out) == 3 else None
+
+
+def _read_classes(path: Path) -> list[str] | None:
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def _classes_from_meta(meta: dict) -> list[str] | None:
+    try:
+        classes = json.loads(meta.get("classes") or "null")
+    except ValueError:
+        return None
+    return [str(c) for c in classes] if isinstance(classes, list) else None
+
+
+def _safetensors_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # the weights were read already; a header this reader refuses only loses the class names
+        return {}

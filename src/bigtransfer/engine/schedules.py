@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -39,7 +40,22 @@ class ExponentialSchedule:
         return self.base_lr * self.gamma ** int((step - self.warmup) // self.every)
 
 
-def build_schedule(cfg: dict, steps_per_epoch: int, total: int) -> StepSchedule | ExponentialSchedule:
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Linear warmup, then a half cosine from ``base_lr`` down to zero at ``total`` (big_vision's ``cosine``)."""
+
+    base_lr: float
+    warmup: int
+    total: int
+
+    def __call__(self, step: int) -> float:
+        if self.warmup and step < self.warmup:
+            return self.base_lr * step / self.warmup
+        progress = min((step - self.warmup) / max(self.total - self.warmup, 1), 1.0)
+        return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_schedule(cfg: dict, steps_per_epoch: int, total: int) -> StepSchedule | ExponentialSchedule | CosineSchedule:
     """The schedule a resolved recipe asks for; epoch-based values are converted with ``steps_per_epoch``."""
     lr = float(cfg["lr"]) * int(cfg["batch_size"]) / int(cfg["lr_batch"])  # linear rescaling to the batch
     kind = cfg["schedule"]
@@ -54,4 +70,6 @@ def build_schedule(cfg: dict, steps_per_epoch: int, total: int) -> StepSchedule 
         return ExponentialSchedule(lr, warmup, every, total, float(cfg["gamma"]))
     if kind == "constant":
         return StepSchedule(lr, warmup, (), total)
+    if kind == "cosine":
+        return CosineSchedule(lr, warmup, total)
     raise ValueError(f"unknown schedule '{kind}'")

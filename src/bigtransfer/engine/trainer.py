@@ -6,32 +6,35 @@ import contextlib
 import json
 import logging
 import math
-import shutil
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from ..data.mixup import MixUp
+from ..data.transforms import build_transforms
 from ..errors import BitError, Interrupted
-from ..models import ResNetV2, create_model, get_config
+from ..hub import create_model
+from ..models import ResNetV2, get_config
 from ..models.fast import standardize_once, use_fast_path
-from ..weights.common import atomic_write
 from . import config as C
+from . import runs as R
 from .checkpoint import load_latest, save_checkpoint
-from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_object, init_distributed
+from .distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from .ema import ModelEMA
 from .evaluate import autocast, evaluate_model, run_mode
 from .optim import build_optimizer, set_lr
 from .plan import check_memory, describe, eta_line, warnings_for
 from .resolve import resolve
+from .runs import prepare_run_dir, write_final_weights
 from .sampling import SeededTransform, StepSampler
 from .schedules import build_schedule
 
@@ -53,127 +56,11 @@ class RunResult:
     train_seconds: float = 0.0  # wall time of the optimisation (for a head-only run: features and head)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; a device that does not exist here is one clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise BitError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BitError(f"device '{name}' asked for, but no CUDA GPU is available here; use --device cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise BitError(f"device '{name}' does not exist: this machine has {torch.cuda.device_count()} GPU(s), "
-                       f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return device
-
-
-def build_transforms(cfg: dict):
-    """(train, eval) transforms as the resolved config says."""
-    from ..data import transforms as T
-
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    ra = tuple(cfg["randaugment"]) if cfg.get("randaugment") else None
-    if cfg["transforms"] == "hyperrule":
-        train = T.hyperrule_train(cfg["precrop"], cfg["crop"], mean, std, flip=cfg["flip"], randaugment=ra)
-        evaluation = T.hyperrule_eval(cfg["eval_crop"], mean, std)
-    elif cfg["transforms"] == "recipe":
-        train = T.train_recipe(cfg["crop"], mean, std, scale=tuple(cfg["scale"]), hflip=0.5 if cfg["flip"] else 0.0,
-                               color_jitter=cfg["color_jitter"], randaugment=ra)
-        evaluation = T.eval_recipe(cfg.get("eval_resize") or cfg["eval_crop"], cfg["eval_crop"], mean, std)
-    else:
-        raise BitError(f"unknown transforms '{cfg['transforms']}': use hyperrule or recipe")
-    return train, evaluation
-
-
 def load_data(cfg: dict):
-    """(train set, eval set or None) as the config names them; few-shot when ``shots`` is set.
+    """(train set, eval set or None) as the config names them (kept here for older imports)."""
+    from ..data.splits import load_run_data
 
-    With ``val_split`` the eval set is a seeded, class-stratified hold-out of the train split and ``eval_split`` is
-    not read; ``shots`` then samples from the part that is kept.
-    """
-    from ..data import fewshot_split, load_dataset
-    from ..data.fewshot import holdout_split, rest_check
-
-    if not cfg.get("data"):
-        raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
-    train = load_dataset(cfg["data"], cfg["train_split"], skip_corrupt=cfg["skip_corrupt"])
-    held = None
-    if cfg.get("val_split") is not None:
-        train, held = holdout_split(train, cfg["val_split"], cfg["seed"])
-    split = cfg.get("eval_split") or "none"
-    rest = None
-    if cfg.get("shots") is not None:
-        shots, seed = cfg["shots"], cfg["seed"]
-        if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-            raise BitError(f"shots must be a positive number of examples per class, got {shots!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise BitError(f"seed must be an integer, got {seed!r}")
-        if held is None and split == "rest":
-            empty = rest_check(train, shots, flag="shots")
-            if empty:
-                log.warning("k=%d per class leaves no image of class %s to evaluate on (eval_split rest); balanced "
-                            "accuracy averages the other classes", shots, ", ".join(f"'{c}'" for c in empty[:5]))
-        train, rest = fewshot_split(train, shots, seed)
-    if held is not None:
-        return train, held
-    if split == "none":
-        return train, None
-    if split == "rest":
-        if rest is None:
-            raise BitError("eval_split 'rest' needs shots (the rest of a few-shot split)")
-        return train, rest
-    return train, load_dataset(cfg["data"], split, skip_corrupt=cfg["skip_corrupt"])
-
-
-def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -> bool:
-    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes).
-
-    Rank 0 decides and tells the others, so every rank takes the same branch and the same collectives.
-    """
-    outcome: tuple[bool, str | None] = (False, None)
-    if info.is_main:
-        try:
-            outcome = (_prepare_run_dir(run_dir, cfg, overwrite), None)
-        except BitError as e:
-            outcome = (False, str(e))
-    resumable, error = broadcast_object(outcome, info)
-    if error:
-        raise BitError(error)
-    return resumable
-
-
-def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BitError(f"--out {run_dir} is a file, not a folder; choose another --out")
-    saved = run_dir / "config.yaml"
-    if saved.exists():
-        try:
-            old = yaml.safe_load(saved.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
-            old = None
-        # an unreadable config.yaml counts as another run; keys an older version did not write take their defaults
-        old = {**C.DEFAULTS, **old} if isinstance(old, dict) and old else {}
-        if C.identity(old) == C.identity(cfg):
-            return True
-        if not overwrite and not _has_progress(run_dir):
-            log.info("%s holds a run that saved no weights yet; starting it again with the new settings", run_dir)
-        elif not overwrite:
-            diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
-            raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
-                           f"use another --out, or --overwrite to replace it")
-        for name in ("checkpoints", "metrics.jsonl", "summary.json", "model.safetensors", "tensorboard"):
-            target = run_dir / name
-            shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(saved, lambda tmp: Path(tmp).write_text(C.dump(cfg)))
-    return False
-
-
-def _has_progress(run_dir: Path) -> bool:
-    """Whether a run folder holds anything a restart would lose: a checkpoint or final weights."""
-    return (run_dir / "model.safetensors").exists() or any((run_dir / "checkpoints").glob("step_*"))
+    return load_run_data(cfg)
 
 
 class _StopFlag:
@@ -248,6 +135,11 @@ class Trainer:
         self.train_tf, self.eval_tf = build_transforms(self.cfg)
 
     # -- pieces -----------------------------------------------------------------------------------------------
+    @property
+    def net(self) -> nn.Module:
+        """The model without its DDP wrapper."""
+        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+
     def _micro_batch(self) -> int:
         c = self.cfg
         per_rank, rem = divmod(int(c["batch_size"]), self.info.world * int(c["batch_split"]))
@@ -265,7 +157,8 @@ class Trainer:
                           sampler=sampler, num_workers=workers, persistent_workers=False,
                           prefetch_factor=4 if workers else None)
 
-    def _log(self, row: dict) -> None:
+    def log_row(self, row: dict) -> None:
+        """Append one row to metrics.jsonl (and TensorBoard) on rank 0."""
         if self.info.is_main:
             if getattr(self, "_events", None) is None:  # opened before the row lands in metrics.jsonl
                 from .tensorboard import EventLog
@@ -273,7 +166,7 @@ class Trainer:
                 self._events = EventLog(self.run_dir, bool(self.cfg.get("tensorboard", True)),
                                         getattr(self, "_first_step", 0))
                 self._events.start()
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir / R.METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
             self._events.log(row)
 
@@ -283,212 +176,237 @@ class Trainer:
 
     def _trim_metrics(self, step: int) -> None:
         """Drop metric rows a killed run wrote after its last checkpoint, so resumed curves do not repeat."""
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / R.METRICS
         if self.info.is_main and path.exists():
             rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r).get("step", 0) <= step]
             path.write_text("".join(r + "\n" for r in rows))
 
-    def _save(self, step: int, opt, scaler, ema, last: Path | None = None) -> Path | None:
-        if not all(torch.isfinite(p).all() for p in self._bare().parameters()):
-            kept = f"the last good checkpoint {last} is kept" if last else "no checkpoint was written"
-            raise TrainingDiverged(f"weights became non-finite at step {step}; {kept}; lower the learning rate")
+    def _save(self, loop: _Loop) -> Path | None:
+        if not all(torch.isfinite(p).all() for p in self.net.parameters()):
+            kept = loop.kept()
+            raise TrainingDiverged(f"weights became non-finite at step {loop.step}; {kept}; lower the learning rate")
         path = None
         if self.info.is_main:
-            state = {"optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+            state = {"optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler else None,
                      "identity": C.identity(self.cfg)}
-            path = save_checkpoint(self.run_dir / "checkpoints", step, self._bare().state_dict(), state,
-                                   ema.state_dict() if ema else None, keep=int(self.cfg["keep_checkpoints"]))
+            path = save_checkpoint(self.run_dir / R.CHECKPOINTS, loop.step, self.net.state_dict(), state,
+                                   loop.ema.state_dict() if loop.ema else None, keep=int(self.cfg["keep_checkpoints"]))
         barrier(self.info)
+        loop.last_ckpt = path or loop.last_ckpt
         return path
-
-    def _bare(self) -> nn.Module:
-        return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> RunResult:
+        """Train to the configured number of steps (resuming from the latest checkpoint), then finish."""
         if self.cfg["head_only"]:
             from .probe import fit_head
 
             return fit_head(self)
-        c, device = self.cfg, self.device
         fit_start = time.perf_counter()
-        model = self._bare()
-        opt = build_optimizer(model, c)
-        schedule = build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), int(c["steps"]))
-        scaler = torch.amp.GradScaler(device.type) if c["precision"] == "fp16" else None
-        ema = ModelEMA(model, float(c["ema_decay"])) if c.get("ema_decay") else None
-        start = 0
-        found = load_latest(self.run_dir / "checkpoints") if self.resumable else None
-        if found:
-            path, model_state, train_state, ema_state = found
-            model.load_state_dict(model_state)
-            opt.load_state_dict(train_state["optimizer"])
-            if scaler and train_state.get("scaler"):
-                scaler.load_state_dict(train_state["scaler"])
-            if ema and ema_state:
-                ema.load_state_dict(ema_state)
-            start = int(train_state["step"])
-            self._trim_metrics(start)
-            self._first_step = start  # TensorBoard events from this step on are purged and written again
-            if self.info.is_main:
-                log.info("resuming %s at step %d", path, start)
-        else:
-            self._trim_metrics(0)  # rows of an attempt that saved no checkpoint are redone
+        loop = self._start_loop()
+        with _StopFlag() as stop:
+            while loop.step < loop.total:
+                loss = self.train_step(loop)
+                self.after_step(loop, loss, stop)
+        if loop.bar:
+            loop.bar.close()
+        if loop.start < loop.total or not loop.resumed:
+            self._save(loop)
+        return self.finish(loop.ema, loop.step, time.perf_counter() - fit_start)
+
+    def _start_loop(self) -> _Loop:
+        c, model = self.cfg, self.net
         total = int(c["steps"])
+        loop = _Loop(opt=build_optimizer(model, c), total=total,
+                     schedule=build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), total),
+                     scaler=torch.amp.GradScaler(self.device.type) if c["precision"] == "fp16" else None,
+                     ema=ModelEMA(model, float(c["ema_decay"])) if c.get("ema_decay") else None)
+        self._resume(loop)
         if self.info.enabled:
             self.model = DistributedDataParallel(model)
-        split = int(c["batch_split"])
-        criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
-        mixup = MixUp(float(c["mixup"]))
-        last_ckpt = None
-        step = start
-        bar = None
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
+        self.mixup = MixUp(float(c["mixup"]))
         if not self.quiet:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=total, initial=start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
-        batches = iter(self._loader(start)) if start < total else iter(())
-        tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-        timed = tick
+            loop.bar = tqdm(total=total, initial=loop.start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
+        loop.batches = iter(self._loader(loop.start)) if loop.start < total else iter(())
         self.model.train()
-        with _StopFlag() as stop:
-            while step < total:
-                lr = schedule(step)
-                set_lr(opt, lr)
-                seed = int(c["seed"])
-                lam = mixup.sample(_generator(seed, step))
-                step_loss = torch.zeros((), dtype=torch.float64)
-                # Micro-batches share one standardized weight per conv (the raw weights' gradients are
-                # the same); under DDP the gradients must reach the raw weights inside each backward.
-                once = standardize_once(model) if split > 1 and not self.info.enabled else contextlib.nullcontext()
-                with once:
-                    for micro in range(split):
-                        x, y = next(batches)
-                        x = x.to(device, non_blocking=True,
-                                 memory_format=torch.channels_last if c["channels_last"] else torch.contiguous_format)
-                        y = y.to(device)
-                        sync = micro == split - 1 or not self.info.enabled
-                        ctx = contextlib.nullcontext() if sync else self.model.no_sync()
-                        with ctx:
-                            y_b = y
-                            if mixup.enabled:
-                                x, y, y_b = mixup.mix(x, y, lam, mixup.permutation(
-                                    x.shape[0], _generator(seed, step, self.info.rank * split + micro)))
-                            with autocast(device, c["precision"]):
-                                logits = self.model(x)
-                            loss = mixup.mixed_loss(criterion, logits.float(), y, y_b, lam)
-                            (scaler.scale(loss / split) if scaler else loss / split).backward()
-                        step_loss += loss.detach().double().cpu() / split
-                        seen += x.shape[0]
-                mean_loss = all_reduce_sum(step_loss.clone(), self.info).item() / self.info.world
-                if not math.isfinite(mean_loss):
-                    kept = f"the last good checkpoint {last_ckpt} is kept" if last_ckpt else "no checkpoint was written"
-                    raise TrainingDiverged(f"loss became {mean_loss} at step {step}; {kept}; "
-                                           f"lower the learning rate or use --precision fp32")
-                if c.get("clip_grad_norm"):
-                    if scaler:
-                        scaler.unscale_(opt)
-                    nn.utils.clip_grad_norm_(model.parameters(), float(c["clip_grad_norm"]))
-                if scaler:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
-                opt.zero_grad(set_to_none=True)
-                if ema:
-                    ema.update(model)
-                step += 1
-                if step == start + 1:
-                    timed = time.perf_counter()  # the first step pays for start-up; time the next ones
-                elif self.announce and step == start + 3 and step < total:
-                    log.info("%s", eta_line((time.perf_counter() - timed) / 2, total - step))
-                loss_sum, loss_n = loss_sum + mean_loss, loss_n + 1
-                if bar:
-                    bar.update(1)
-                if step % int(c["log_every"]) == 0 or step == total:
-                    elapsed = time.perf_counter() - tick
-                    ips = seen * self.info.world / max(elapsed, 1e-9)
-                    row = {"step": step, "loss": loss_sum / loss_n, "lr": lr, "img_per_s": round(ips, 2)}
-                    self._log(row)
-                    if bar:
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.1f}")
-                    tick, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
-                if c["save_every"] and step % int(c["save_every"]) == 0 and step < total:
-                    last_ckpt = self._save(step, opt, scaler, ema, last_ckpt)
-                if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < total and self.eval_set:
-                    row = self._evaluate(ema)
-                    row.pop("_full")
-                    self._log({"step": step, **row})
-                if stop.signum is not None:
-                    ckpt = self._save(step, opt, scaler, ema, last_ckpt)
-                    if bar:
-                        bar.close()
-                    self._close_events()
-                    raise Interrupted(stop.signum, ckpt)
-        if bar:
-            bar.close()
-        if start < total or not found:
-            self._save(step, opt, scaler, ema, last_ckpt)
-        return self.finish(ema, step, time.perf_counter() - fit_start)
+        return loop
+
+    def _resume(self, loop: _Loop) -> None:
+        found = load_latest(self.run_dir / R.CHECKPOINTS) if self.resumable else None
+        if not found:
+            self._trim_metrics(0)  # rows of an attempt that saved no checkpoint are redone
+            return
+        path, model_state, train_state, ema_state = found
+        self.net.load_state_dict(model_state)
+        loop.opt.load_state_dict(train_state["optimizer"])
+        if loop.scaler and train_state.get("scaler"):
+            loop.scaler.load_state_dict(train_state["scaler"])
+        if loop.ema and ema_state:
+            loop.ema.load_state_dict(ema_state)
+        loop.start = loop.step = int(train_state["step"])
+        loop.resumed = True
+        self._trim_metrics(loop.start)
+        self._first_step = loop.start  # TensorBoard events from this step on are purged and written again
+        if self.info.is_main:
+            log.info("resuming %s at step %d", path, loop.start)
+
+    def train_step(self, loop: _Loop) -> float:
+        """One optimizer step over ``batch_split`` micro-batches; returns the mean loss over all ranks."""
+        c, split, seed = self.cfg, int(self.cfg["batch_split"]), int(self.cfg["seed"])
+        loop.lr = loop.schedule(loop.step)
+        set_lr(loop.opt, loop.lr)
+        lam = self.mixup.sample(_generator(seed, loop.step))
+        step_loss = torch.zeros((), dtype=torch.float64)
+        # Micro-batches share one standardized weight per conv (the raw weights' gradients are
+        # the same); under DDP the gradients must reach the raw weights inside each backward.
+        once = standardize_once(self.net) if split > 1 and not self.info.enabled else contextlib.nullcontext()
+        layout = torch.channels_last if c["channels_last"] else torch.contiguous_format
+        with once:
+            for micro in range(split):
+                x, y = next(loop.batches)
+                x, y = x.to(self.device, non_blocking=True, memory_format=layout), y.to(self.device)
+                sync = micro == split - 1 or not self.info.enabled
+                with contextlib.nullcontext() if sync else self.model.no_sync():
+                    y_b = y
+                    if self.mixup.enabled:
+                        perm = self.mixup.permutation(x.shape[0], _generator(seed, loop.step,
+                                                                             self.info.rank * split + micro))
+                        x, y, y_b = self.mixup.mix(x, y, lam, perm)
+                    loss = self.compute_loss(x, y, y_b, lam)
+                    (loop.scaler.scale(loss / split) if loop.scaler else loss / split).backward()
+                step_loss += loss.detach().double().cpu() / split
+                loop.seen += x.shape[0]
+        mean_loss = all_reduce_sum(step_loss.clone(), self.info).item() / self.info.world
+        if not math.isfinite(mean_loss):
+            kept = loop.kept()
+            raise TrainingDiverged(f"loss became {mean_loss} at step {loop.step}; {kept}; "
+                                   f"lower the learning rate or use --precision fp32")
+        self._update(loop)
+        return mean_loss
+
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
+        """The training loss of one (mixed) micro-batch: cross-entropy against the mixed labels."""
+        with autocast(self.device, self.cfg["precision"]):
+            logits = self.model(x)
+        return self.mixup.mixed_loss(self.criterion, logits.float(), y, y_b, lam)
+
+    def _update(self, loop: _Loop) -> None:
+        opt, scaler = loop.opt, loop.scaler
+        if self.cfg.get("clip_grad_norm"):
+            if scaler:
+                scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(self.net.parameters(), float(self.cfg["clip_grad_norm"]))
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        if loop.ema:
+            loop.ema.update(self.net)
+        loop.step += 1
+
+    def after_step(self, loop: _Loop, loss: float, stop: _StopFlag) -> None:
+        """Timing, logging, periodic checkpoints and evaluations, and a clean stop on SIGINT/SIGTERM."""
+        c, step = self.cfg, loop.step
+        if step == loop.start + 1:
+            loop.timed = time.perf_counter()  # the first step pays for start-up; time the next ones
+        elif self.announce and step == loop.start + 3 and step < loop.total:
+            log.info("%s", eta_line((time.perf_counter() - loop.timed) / 2, loop.total - step))
+        loop.loss_sum, loop.loss_n = loop.loss_sum + loss, loop.loss_n + 1
+        if loop.bar:
+            loop.bar.update(1)
+        if step % int(c["log_every"]) == 0 or step == loop.total:
+            self._log_progress(loop)
+        if c["save_every"] and step % int(c["save_every"]) == 0 and step < loop.total:
+            self._save(loop)
+        if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < loop.total and self.eval_set:
+            row = self._evaluate(loop.ema)
+            row.pop("_full")
+            self.log_row({"step": step, **row})
+        if stop.signum is not None:
+            ckpt = self._save(loop)
+            if loop.bar:
+                loop.bar.close()
+            self._close_events()
+            raise Interrupted(stop.signum, ckpt)
+
+    def _log_progress(self, loop: _Loop) -> None:
+        ips = loop.seen * self.info.world / max(time.perf_counter() - loop.tick, 1e-9)
+        row = {"step": loop.step, "loss": loop.loss_sum / loop.loss_n, "lr": loop.lr, "img_per_s": round(ips, 2)}
+        self.log_row(row)
+        if loop.bar:
+            loop.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{loop.lr:.2e}", img_s=f"{ips:.1f}")
+        loop.tick, loop.seen, loop.loss_sum, loop.loss_n = time.perf_counter(), 0, 0.0, 0
 
     def _evaluate(self, ema: ModelEMA | None = None) -> dict:
-        net = ema.module if ema else self._bare()
+        net = ema.module if ema else self.net
         c = self.cfg
         eval_ds = SeededTransform(self.eval_set, self.eval_tf)
         m = evaluate_model(net, eval_ds, int(c["num_classes"]), mode=run_mode(c["precision"]),
                            workers=int(c["workers"]), device=self.device, info=self.info, classes=self.classes,
-                           progress=not self.quiet)
+                           progress=not self.quiet, reference=self.eval_reference())
         return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
+
+    def eval_reference(self) -> torch.Tensor | None:
+        """Another model's predicted class of every eval example, to report agreement with (none here)."""
+        return None
 
     def finish(self, ema: ModelEMA | None, step: int, train_seconds: float = 0.0) -> RunResult:
         """Write the final weights, evaluate, plot and summarise."""
-        from safetensors.torch import save_file
-
         from .plots import plot_confusion, plot_training
 
-        net = ema.module if ema else self._bare()
-        result = RunResult(self.run_dir, self.cfg, net, steps_done=step,
-                           train_seconds=round(train_seconds, 3))
+        net = ema.module if ema else self.net
+        result = RunResult(self.run_dir, self.cfg, net, steps_done=step, train_seconds=round(train_seconds, 3))
         if self.info.is_main:
-            state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-            meta = run_metadata(self.cfg, self.classes)
-            atomic_write(self.run_dir / "model.safetensors", lambda p: save_file(state, p, metadata=meta))
-            atomic_write(self.run_dir / "classes.json", lambda p: Path(p).write_text(json.dumps(self.classes)))
+            write_final_weights(self.run_dir, net.state_dict(), self.cfg, self.classes)
         if self.eval_set is not None:
             m = self._evaluate(ema)
             full = m.pop("_full")
             result.metrics = m
-            self._log({"step": step, **m})
+            self.log_row({"step": step, **m})
             if self.info.is_main:
-                (self.run_dir / "eval.json").write_text(json.dumps(full, indent=1))
+                (self.run_dir / R.EVAL).write_text(json.dumps(full, indent=1))
                 if len(self.classes) <= 100:
-                    plot_confusion(full["confusion"], self.classes, self.run_dir / "confusion.png")
+                    plot_confusion(full["confusion"], self.classes, self.run_dir / R.CONFUSION_PLOT)
+        summary = {"model": self.cfg["model"], "steps": step, "n_train": len(self.train_set), **result.metrics}
+        result.summary_line = one_line_summary(self.run_dir, summary)
         if self.info.is_main:
-            if (self.run_dir / "metrics.jsonl").exists():
-                plot_training(self.run_dir / "metrics.jsonl", self.run_dir / "training.png")
-            summary = {"model": self.cfg["model"], "steps": step, "n_train": len(self.train_set), **result.metrics}
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        result.summary_line = one_line_summary(self.run_dir, {"model": self.cfg["model"], "steps": step,
-                                                              "n_train": len(self.train_set), **result.metrics})
-        if self.info.is_main:
-            (self.run_dir / "summary.txt").write_text(result.summary_line + "\n")
+            if (self.run_dir / R.METRICS).exists():
+                plot_training(self.run_dir / R.METRICS, self.run_dir / R.TRAINING_PLOT)
+            (self.run_dir / R.SUMMARY).write_text(json.dumps(summary, indent=1))
+            (self.run_dir / R.SUMMARY_TEXT).write_text(result.summary_line + "\n")
         self._close_events()
         return result
 
 
-def run_metadata(cfg: dict, classes: list[str]) -> dict[str, str]:
-    """What a run's ``model.safetensors`` records, so the bare file rebuilds the model, its head and its inputs."""
-    from ..models import get_config
+@dataclass
+class _Loop:
+    """What one ``fit`` carries from step to step."""
 
-    mc = get_config(cfg["model"])
-    meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg["num_classes"]),
-            "block_units": ",".join(str(u) for u in mc.block_units), "width_factor": str(mc.width_factor),
-            "classes": json.dumps(classes), "transforms": str(cfg["transforms"]), "eval_crop": str(cfg["eval_crop"]),
-            "mean": ",".join(str(float(v)) for v in cfg["mean"]), "std": ",".join(str(float(v)) for v in cfg["std"]),
-            "precision": str(cfg["precision"])}
-    if cfg.get("eval_resize"):
-        meta["eval_resize"] = str(cfg["eval_resize"])
-    return meta
+    opt: torch.optim.Optimizer
+    schedule: Callable[[int], float]
+    total: int
+    scaler: torch.amp.GradScaler | None = None
+    ema: ModelEMA | None = None
+    batches: Iterator = field(default_factory=lambda: iter(()))
+    start: int = 0
+    step: int = 0
+    resumed: bool = False
+    last_ckpt: Path | None = None
+    bar: Any = None
+    lr: float = 0.0
+    tick: float = field(default_factory=time.perf_counter)
+    timed: float = field(default_factory=time.perf_counter)
+    seen: int = 0
+    loss_sum: float = 0.0
+    loss_n: int = 0
+
+    def kept(self) -> str:
+        return f"the last good checkpoint {self.last_ckpt} is kept" if self.last_ckpt else "no checkpoint was written"
 
 
 def _generator(*key: int) -> torch.Generator:
@@ -503,6 +421,8 @@ def _generator(*key: int) -> torch.Generator:
 def one_line_summary(run_dir: Path, summary: dict) -> str:
     acc = (f"top-1 {summary['top1']:.2f}%  top-5 {summary['top5']:.2f}%  balanced {summary['balanced_accuracy']:.2f}%"
            if "top1" in summary else "no evaluation")
+    if "agreement" in summary:
+        acc += f"  agreement {summary['agreement']:.2f}% (teacher top-1 {summary['teacher_top1']:.2f}%)"
     return f"{run_dir}: {summary['model']}, {summary['steps']} steps on {summary['n_train']} images: {acc}"
 
 

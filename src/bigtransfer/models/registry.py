@@ -170,33 +170,30 @@ def register_model(cfg: ModelConfig) -> None:
     _REGISTRY[cfg.name] = cfg
 
 
-def create_model(
-    name: str,
-    pretrained: bool = False,
-    num_classes: int | None = None,
-    *,
-    ws_eps: float = WS_EPS,
-    weights: str | None = None,
-    device: torch.device | str | None = None,
-) -> ResNetV2:
-    """Build a registered model, optionally with pretrained weights and a new ``num_classes`` head.
-
-    ``weights`` loads a local checkpoint of any supported format instead of downloading. Without
-    ``num_classes`` the checkpoint defines the head (size and values); with a ``num_classes`` that differs
-    from the checkpoint's, the new head starts at zero, as BiT fine-tuning does.
-    """
+def build_model(name: str, num_classes: int | None = None, *, ws_eps: float = WS_EPS,
+                device: torch.device | str | None = None) -> ResNetV2:
+    """A registered model's network with fresh weights and its ``pretrained_cfg``; ``num_classes`` sets the head."""
     cfg = get_config(name)
     head = num_classes if num_classes is not None else cfg.num_classes
     model = ResNetV2(cfg.block_units, cfg.width_factor, num_classes=head, ws_eps=ws_eps)
     model.pretrained_cfg = _cfg_dict(replace(cfg, num_classes=head))
-    if device is not None:
-        model = model.to(device)
-    if pretrained or weights:
-        from ..weights import load_pretrained
+    return model if device is None else model.to(device)
 
-        # loaders may set the input mean/std they imply
-        load_pretrained(model, cfg, path=weights, adopt_head=num_classes is None)
-        model.pretrained_cfg["num_classes"] = model.num_classes
+
+def arch_name(block_units, width_factor: float) -> str | None:
+    """The registered architecture name (``R50x1`` ...) with these units and width, if any."""
+    for name, (units, wf) in ARCHS.items():
+        if tuple(units) == tuple(block_units) and float(wf) == float(width_factor):
+            return name
+    return None
+
+
+def build_network(block_units, width_factor: float, num_classes: int) -> ResNetV2:
+    """A network of any units and width, registered or not; its ``pretrained_cfg`` names the architecture only."""
+    wf = int(width_factor) if float(width_factor).is_integer() else width_factor
+    model = ResNetV2(block_units, wf, num_classes=num_classes)
+    model.pretrained_cfg = {"name": "", "arch": arch_name(block_units, width_factor) or "",
+                            "num_classes": model.num_classes}
     return model
 
 

@@ -30,52 +30,19 @@ def standardize(weight: torch.Tensor, eps: float = WS_EPS) -> torch.Tensor:
 
 
 class StdConv2d(nn.Conv2d):
-    """Conv2d with Weight Standardization.
-
-    In eval mode the standardized weight is computed once and reused until the weight changes
-    (its version counter moves) or ``train()`` is called. ``fast.standardize_once`` sets ``_once`` to
-    share one standardized weight across the micro-batches of an optimizer step, and
-    ``fast.use_fast_path`` sets ``conv_forward`` to a convolution with prepacked weights.
-    """
-
-    conv_forward = None
+    """Conv2d with Weight Standardization: each filter is standardized before it is applied."""
 
     def __init__(self, *args, eps: float = WS_EPS, **kwargs) -> None:
         kwargs.setdefault("bias", False)
         super().__init__(*args, **kwargs)
         self.eps = eps
-        self._frozen: torch.Tensor | None = None
-        self._frozen_key: tuple | None = None
-        self._once: torch.Tensor | None = None
-
-    def train(self, mode: bool = True) -> StdConv2d:
-        self._frozen = None
-        self._frozen_key = None
-        return super().train(mode)
 
     def standardized_weight(self) -> torch.Tensor:
-        """The standardized kernel: shared per step, cached in eval, else computed."""
-        if self._once is not None:
-            return self._once
-        if self.training or torch.is_grad_enabled() and self.weight.requires_grad or torch.compiler.is_compiling():
-            return standardize(self.weight, self.eps)
-        w = self.weight
-        # Under autocast the cache holds the weight already cast, so no call casts it again.
-        device = w.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else w.dtype
-        key = (w.data_ptr(), w._version, dtype, w.device, self.eps)
-        if self._frozen is None or self._frozen_key != key:
-            # A normal (not inference-mode) tensor, so the cache stays usable outside inference_mode.
-            with torch.inference_mode(False), torch.no_grad():
-                self._frozen = standardize(w, self.eps).to(dtype)
-            self._frozen_key = key
-        return self._frozen
+        """The standardized kernel."""
+        return standardize(self.weight, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.conv_forward is not None:
-            return self.conv_forward(self, x)
-        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding,
-                        self.dilation, self.groups)
+        return F.conv2d(x, self.standardized_weight(), self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 def conv3x3(cin: int, cout: int, stride: int = 1, eps: float = WS_EPS) -> StdConv2d:
@@ -86,35 +53,33 @@ def conv1x1(cin: int, cout: int, stride: int = 1, eps: float = WS_EPS) -> StdCon
     return StdConv2d(cin, cout, kernel_size=1, stride=stride, eps=eps)
 
 
-def gn_relu(norm: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
-    """The pre-activation ``relu(norm(x))``; in place is safe, GroupNorm's backward reads its input only."""
-    return F.relu(norm(x), inplace=True)
+class GroupNormReLU(nn.GroupNorm):
+    """``relu(group_norm(x))``: a unit's pre-activation, one module as in timm's ``GroupNormAct``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # In place is safe: GroupNorm's backward reads its input only.
+        return F.relu(super().forward(x), inplace=True)
 
 
 class PreActBottleneck(nn.Module):
-    """Pre-activation bottleneck: the projection reads the normalized, activated input.
-
-    ``gn_relu`` may be replaced per unit (``fast.use_fast_path`` installs a fused kernel).
-    """
-
-    gn_relu = staticmethod(gn_relu)
+    """Pre-activation bottleneck (each ``gnN`` is GroupNorm then ReLU): the projection reads the activated input."""
 
     def __init__(self, cin: int, cout: int, cmid: int, stride: int = 1, eps: float = WS_EPS) -> None:
         super().__init__()
-        self.gn1 = nn.GroupNorm(GN_GROUPS, cin, eps=GN_EPS)
+        self.gn1 = GroupNormReLU(GN_GROUPS, cin, eps=GN_EPS)
         self.conv1 = conv1x1(cin, cmid, eps=eps)
-        self.gn2 = nn.GroupNorm(GN_GROUPS, cmid, eps=GN_EPS)
+        self.gn2 = GroupNormReLU(GN_GROUPS, cmid, eps=GN_EPS)
         self.conv2 = conv3x3(cmid, cmid, stride, eps=eps)
-        self.gn3 = nn.GroupNorm(GN_GROUPS, cmid, eps=GN_EPS)
+        self.gn3 = GroupNormReLU(GN_GROUPS, cmid, eps=GN_EPS)
         self.conv3 = conv1x1(cmid, cout, eps=eps)
         self.downsample = conv1x1(cin, cout, stride, eps=eps) if stride != 1 or cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.gn_relu(self.gn1, x)
+        out = self.gn1(x)
         residual = self.downsample(out) if self.downsample is not None else x
         out = self.conv1(out)
-        out = self.conv2(self.gn_relu(self.gn2, out))
-        out = self.conv3(self.gn_relu(self.gn3, out))
+        out = self.conv2(self.gn2(out))
+        out = self.conv3(self.gn3(out))
         return out.add_(residual)  # in place is safe: no backward reads a convolution's output
 
 

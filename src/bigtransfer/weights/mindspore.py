@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .common import atomic_write, load_into
+from .common import atomic_write
 
 log = logging.getLogger("bigtransfer")
 
@@ -233,24 +233,33 @@ def read_ckpt(path: str | os.PathLike, keep: Callable[[str], bool] | None = None
     return out
 
 
+_GN_FROM_MINDCV = {"gamma": "weight", "beta": "bias"}
+_GN_TO_MINDCV = {v: k for k, v in _GN_FROM_MINDCV.items()}
+
+
+def _unit_rest(rest: str, downsample: tuple[str, str], gn_names: Mapping[str, str]) -> str:
+    """The name of a unit's parameter after its ``layer{b}.{j}.`` / ``body.block{b}.unit{j}.`` prefix, renamed."""
+    if rest == downsample[0]:
+        return downsample[1]
+    if rest.startswith("gn"):
+        mod, kind = rest.split(".")
+        return f"{mod}.{gn_names[kind]}"
+    return rest
+
+
 def from_mindcv_key(key: str) -> str:
     """Our name for a mindcv ``bit_resnet*`` parameter name."""
     if key == "conv1.weight":
         return "root.conv.weight"
     if key.startswith("gn."):
-        return "head.gn." + {"gamma": "weight", "beta": "bias"}[key[3:]]
+        return "head.gn." + _GN_FROM_MINDCV[key[3:]]
     if key.startswith("classifier."):
         return "head.conv." + key[len("classifier."):]
     m = re.fullmatch(r"layer(\d+)\.(\d+)\.(.+)", key)
     if not m:
         raise KeyError(key)
-    block, unit, rest = int(m.group(1)), int(m.group(2)) + 1, m.group(3)
-    if rest == "down_sample.0.weight":
-        rest = "downsample.weight"
-    elif rest.startswith("gn"):
-        mod, kind = rest.split(".")
-        rest = f"{mod}.{ {'gamma': 'weight', 'beta': 'bias'}[kind] }"
-    return f"body.block{block}.unit{unit:02d}.{rest}"
+    rest = _unit_rest(m.group(3), ("down_sample.0.weight", "downsample.weight"), _GN_FROM_MINDCV)
+    return f"body.block{int(m.group(1))}.unit{int(m.group(2)) + 1:02d}.{rest}"
 
 
 def to_mindcv_key(key: str) -> str:
@@ -258,19 +267,14 @@ def to_mindcv_key(key: str) -> str:
     if key == "root.conv.weight":
         return "conv1.weight"
     if key.startswith("head.gn."):
-        return "gn." + {"weight": "gamma", "bias": "beta"}[key.rsplit(".", 1)[1]]
+        return "gn." + _GN_TO_MINDCV[key.rsplit(".", 1)[1]]
     if key.startswith("head.conv."):
         return "classifier." + key.rsplit(".", 1)[1]
     m = re.fullmatch(r"body\.block(\d+)\.unit(\d+)\.(.+)", key)
     if not m:
         raise KeyError(key)
-    block, unit, rest = int(m.group(1)), int(m.group(2)) - 1, m.group(3)
-    if rest == "downsample.weight":
-        rest = "down_sample.0.weight"
-    elif rest.startswith("gn"):
-        mod, kind = rest.split(".")
-        rest = f"{mod}.{ {'weight': 'gamma', 'bias': 'beta'}[kind] }"
-    return f"layer{block}.{unit}.{rest}"
+    rest = _unit_rest(m.group(3), ("downsample.weight", "down_sample.0.weight"), _GN_TO_MINDCV)
+    return f"layer{int(m.group(1))}.{int(m.group(2)) - 1}.{rest}"
 
 
 def mindcv_to_state_dict(tensors: Mapping[str, torch.Tensor], ema: bool = False,
@@ -330,13 +334,9 @@ def read_mindcv(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.T
 def load_mindspore(model: nn.Module, path: str | os.PathLike, ema: bool = False, *,
                    adopt_head: bool = False) -> nn.Module:
     """Load a mindcv ``.ckpt`` into ``model``; its inputs then take ImageNet mean/std, as mindcv trains."""
-    from ..models.registry import IMAGENET_MEAN, IMAGENET_STD
+    from .loading import load_checkpoint
 
-    load_into(model, read_mindcv(path, ema=ema), str(path), adopt_head=adopt_head)
-    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
-    cfg.update(mean=IMAGENET_MEAN, std=IMAGENET_STD, weights_format="mindspore")
-    model.pretrained_cfg = cfg
-    return model
+    return load_checkpoint(model, path, fmt="mindspore", ema=ema, adopt_head=adopt_head)
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -393,11 +393,18 @@ def state_dict_to_mindcv(state: Mapping[str, torch.Tensor]) -> dict[str, torch.T
     return {to_mindcv_key(k): v.detach() for k, v in state.items()}
 
 
+def write_mindcv(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write our-name tensors as a mindcv-layout MindSpore ``.ckpt`` (float32), atomically."""
+    return write_ckpt({k: v.float() for k, v in state_dict_to_mindcv(state).items()}, path)
+
+
 def save_mindspore(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` as a mindcv-layout MindSpore ``.ckpt`` (float32)."""
-    return write_ckpt({k: v.float() for k, v in state_dict_to_mindcv(model.state_dict()).items()}, path)
+    from .loading import save_model
+
+    return save_model(model, path, "ckpt")
 
 
-__all__ = ["read_ckpt", "read_mindcv", "load_mindspore", "save_mindspore", "write_ckpt", "encode_value",
+__all__ = ["read_ckpt", "read_mindcv", "load_mindspore", "save_mindspore", "write_ckpt", "write_mindcv", "encode_value",
            "from_mindcv_key", "to_mindcv_key", "mindcv_to_state_dict", "state_dict_to_mindcv", "looks_like_ckpt",
            "iter_records", "Record", "DTYPES"]

@@ -6,14 +6,17 @@ import math
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.lib import format as npy_format
 from torch import nn
 
 from ..errors import CheckpointError
-from .common import atomic_write, load_into
+from ..models import ResNetV2
+from .common import atomic_write
 
 _UNIT = re.compile(r"body\.block(\d)\.unit(\d\d)\.(\w+?)\.(weight|bias)$")
 _GN = {"weight": "gamma", "bias": "beta"}
@@ -48,6 +51,10 @@ def _to_torch_layout(arr: np.ndarray) -> np.ndarray:
 
 def _to_tf_layout(arr: np.ndarray) -> np.ndarray:
     return arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr  # OIHW -> HWIO
+
+
+def _tf_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else shape
 
 
 MAX_DEFLATE_RATIO = 1032  # deflate expands data by at most about 1032:1
@@ -128,44 +135,90 @@ def npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, source: s
     return state
 
 
-def load_npz(model: nn.Module, path: str | os.PathLike, *, adopt_head: bool = False) -> nn.Module:
-    """Load an official BiT ``.npz`` into ``model`` (strict; the head as :func:`load_into` says)."""
-    arrays = read_npz(path)
-    if adopt_head and "resnet/head/conv2d/bias" in arrays and hasattr(model, "reset_classifier"):
-        n = int(arrays["resnet/head/conv2d/bias"].shape[0])
-        if n != model.num_classes:
-            model.reset_classifier(n)
-    if arrays and not all(k.startswith("resnet/") for k in arrays):
-        bad = next(k for k in arrays if not k.startswith("resnet/"))
-        raise CheckpointError(f"{path}: array '{bad}' is not in the official BiT layout (resnet/...); "
-                              f"use 'bit convert' for other formats")
-    wanted = {npz_key(k): tuple(_to_tf_layout(v.numpy()).shape) for k, v in model.state_dict().items()}
+def npz_template(arrays: Mapping[str, np.ndarray], source: str) -> nn.Module:
+    """A model on the meta device whose key names cover the arrays of an official ``.npz``."""
+    units: dict[int, int] = {}
+    for k in arrays:
+        m = re.match(r"resnet/block(\d+)/unit(\d+)/", k)
+        if m:
+            b, u = int(m.group(1)), int(m.group(2))
+            units[b] = max(units.get(b, 0), u)
+    root = arrays.get("resnet/root_block/standardized_conv2d/kernel")
+    if root is None or not units:
+        raise CheckpointError(f"{source}: not a BiT ResNetV2 .npz (no root block or units)")
+    head = arrays.get("resnet/head/conv2d/bias")
+    with torch.device("meta"):
+        return ResNetV2([units[b] for b in sorted(units)], root.shape[-1] / 64,
+                        num_classes=int(head.shape[0]) if head is not None else 1)
+
+
+def check_npz(arrays: Mapping[str, np.ndarray], model: nn.Module, source: str) -> None:
+    """Every body array of ``model`` is present with its shape (the head may differ)."""
+    wanted = {npz_key(k): _tf_shape(tuple(v.shape)) for k, v in model.state_dict().items()}
     for k, arr in arrays.items():
         if k in wanted and tuple(arr.shape) != wanted[k] and not k.startswith("resnet/head/"):
-            raise CheckpointError(f"{path}: array '{k}' has shape {tuple(arr.shape)}, expected {wanted[k]}; "
+            raise CheckpointError(f"{source}: array '{k}' has shape {tuple(arr.shape)}, expected {wanted[k]}; "
                                   f"the file is for another architecture or width")
     missing = [k for k in wanted if k not in arrays and not k.startswith("resnet/head/")]
     if missing:
-        raise CheckpointError(f"{path}: missing array '{missing[0]}' with shape {wanted[missing[0]]} "
+        raise CheckpointError(f"{source}: missing array '{missing[0]}' with shape {wanted[missing[0]]} "
                               f"({len(missing)} missing); the file is incomplete or for another model")
-    load_into(model, npz_to_state_dict(arrays, model, str(path)), str(path), adopt_head=adopt_head)
-    return model
+
+
+def npz_state(path: str, template: nn.Module | None = None) -> dict[str, torch.Tensor]:
+    """An official ``.npz`` as tensors under our names: checked against ``template``, else inferred from its arrays."""
+    arrays = read_npz(path)
+    bad = next((k for k in arrays if not k.startswith("resnet/")), None)
+    if bad is not None:
+        hint = "; use 'bit convert' for other formats" if template is not None else ""
+        raise CheckpointError(f"{path}: array '{bad}' is not in the official BiT layout (resnet/...){hint}")
+    if template is None:
+        template = npz_template(arrays, path)
+    else:
+        check_npz(arrays, template, path)
+    return {k: _tensor(k, v, path) for k, v in npz_to_state_dict(arrays, template, path).items()}
+
+
+def _tensor(key: str, arr: np.ndarray, source: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.ascontiguousarray(arr))
+    except (TypeError, ValueError):  # strings, big-endian or other arrays torch cannot hold
+        raise CheckpointError(f"{source}: key '{key}' has dtype {arr.dtype}, expected floating point") from None
+
+
+def load_npz(model: nn.Module, path: str | os.PathLike, *, adopt_head: bool = False) -> nn.Module:
+    """Load an official BiT ``.npz`` into ``model`` (strict; the head as :func:`load_into` says)."""
+    from .loading import load_checkpoint
+
+    return load_checkpoint(model, path, fmt="npz", adopt_head=adopt_head)
+
+
+def npz_arrays(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """Our-name tensors as official ``.npz`` arrays (float32, HWIO kernels)."""
+    return {npz_key(k): np.ascontiguousarray(_to_tf_layout(v.detach().cpu().float().numpy()))
+            for k, v in state.items()}
 
 
 def state_dict_to_npz(model: nn.Module) -> dict[str, np.ndarray]:
     """Our weights as official ``.npz`` arrays (float32, HWIO kernels)."""
-    return {npz_key(k): np.ascontiguousarray(_to_tf_layout(v.detach().cpu().float().numpy()))
-            for k, v in model.state_dict().items()}
+    return npz_arrays(model.state_dict())
+
+
+def write_npz(state: Mapping[str, torch.Tensor], path: str | os.PathLike) -> Path:
+    """Write our-name tensors as an official-layout ``.npz``, atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **npz_arrays(state))
+
+    return atomic_write(path, write)
 
 
 def save_npz(model: nn.Module, path: str | os.PathLike) -> Path:
     """Write ``model`` as an official-layout ``.npz``, atomically."""
+    from .loading import save_model
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:
-            np.savez(f, **state_dict_to_npz(model))
-
-    return atomic_write(path, write)
+    return save_model(model, path, "npz")
 
 
 def is_npz(path: str | os.PathLike) -> bool:
@@ -174,4 +227,5 @@ def is_npz(path: str | os.PathLike) -> bool:
         return f.read(4) == b"PK\x03\x04"
 
 
-__all__ = ["load_npz", "save_npz", "read_npz", "npz_key", "npz_to_state_dict", "state_dict_to_npz", "is_npz"]
+__all__ = ["load_npz", "save_npz", "read_npz", "write_npz", "npz_key", "npz_to_state_dict", "npz_state", "npz_arrays",
+           "npz_template", "check_npz", "state_dict_to_npz", "is_npz"]

@@ -105,13 +105,14 @@ def model_metadata(model: nn.Module, name: str | None = None) -> dict[str, str]:
 
 def save_safetensors(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> Path:
     """Write ``model`` in our own layout (our key names) with its model name and head size as metadata."""
-    state = {k: v for k, v in model.state_dict().items()}
-    return write_safetensors(state, path, model_metadata(model, name))
+    from .loading import save_model
+
+    return save_model(model, path, "safetensors", model_metadata(model, name))
 
 
 def load_safetensors(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     """Load a safetensors file of any supported layout (ours, timm, Hugging Face) into ``model``."""
-    from . import load_checkpoint
+    from .loading import load_checkpoint
 
     return load_checkpoint(model, path)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -18,28 +18,34 @@ _FIXED = {"stem.conv.weight": "root.conv.weight", "norm.weight": "head.gn.weight
 _FIXED_BACK = {v: k for k, v in _FIXED.items()}
 
 
-def from_timm_key(key: str) -> str:
-    """Our name for a timm ``resnetv2_*_bit`` key."""
-    if key in _FIXED:
-        return _FIXED[key]
-    m = _TIMM_UNIT.match(key)
+def _rename(key: str, fixed: Mapping[str, str], unit: re.Pattern, spell: Callable[..., str]) -> str:
+    """``fixed[key]``, else ``spell`` of the groups of ``unit``'s match; a key matching neither is a KeyError."""
+    if key in fixed:
+        return fixed[key]
+    m = unit.match(key)
     if not m:
         raise KeyError(key)
-    stage, block, mod, kind = m.groups()
+    return spell(*m.groups())
+
+
+def _our_unit(stage: str, block: str, mod: str, kind: str) -> str:
     mod = "downsample" if mod == "downsample.conv" else mod.replace("norm", "gn")
     return f"body.block{int(stage) + 1}.unit{int(block) + 1:02d}.{mod}.{kind}"
 
 
-def to_timm_key(key: str) -> str:
-    """The timm name of one of our keys."""
-    if key in _FIXED_BACK:
-        return _FIXED_BACK[key]
-    m = _OUR_UNIT.match(key)
-    if not m:
-        raise KeyError(key)
-    block, unit, mod, kind = m.groups()
+def _timm_unit(block: str, unit: str, mod: str, kind: str) -> str:
     mod = "downsample.conv" if mod == "downsample" else mod.replace("gn", "norm")
     return f"stages.{int(block) - 1}.blocks.{int(unit) - 1}.{mod}.{kind}"
+
+
+def from_timm_key(key: str) -> str:
+    """Our name for a timm ``resnetv2_*_bit`` key."""
+    return _rename(key, _FIXED, _TIMM_UNIT, _our_unit)
+
+
+def to_timm_key(key: str) -> str:
+    """The timm name of one of our keys."""
+    return _rename(key, _FIXED_BACK, _OUR_UNIT, _timm_unit)
 
 
 def timm_to_state_dict(state: Mapping[str, torch.Tensor], source: str = "timm state dict") -> dict:

@@ -1,0 +1,158 @@
+"""The demo's data: the upstream sets and their preparation, the downstream set, and the raw-pixel baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BitError
+from .config import DOWNSTREAMS, UPSTREAMS, cache_root
+
+
+def _subset(ds, n: int | None, seed: int = 0):
+    """A seeded random subset of ``n`` images of an in-memory set (all of it when ``n`` is None or too large)."""
+    from ..data import ArrayDataset
+
+    if n is None or n >= len(ds):
+        return ds
+    idx = np.sort(np.random.Generator(np.random.PCG64(seed)).permutation(len(ds))[:n])
+    return ArrayDataset(ds.images[idx], ds.targets[idx], ds.classes, ds.name)
+
+
+def low_resolution(ds, sizes: tuple[int, int], seed: int = 0):
+    """A copy of ``ds`` where each image is shrunk to a seeded random square size in ``sizes`` and scaled back.
+
+    Upstream features then cover coarse as well as sharp versions of the same shapes, as small or blurry
+    downstream images (such as 8x8 scans) look.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from ..data import ArrayDataset
+
+    lo, hi = int(sizes[0]), int(sizes[1])
+    h, w = ds.image_size
+    if not 1 <= lo <= hi:
+        raise BitError(f"low-resolution range {sizes} must be two sizes, smallest first, e.g. (8, 28)")
+    size_of = np.random.Generator(np.random.PCG64([seed, 1])).integers(lo, hi + 1, size=len(ds))
+    out = ds.images.copy()
+    for s in np.unique(size_of):
+        if s >= min(h, w):
+            continue
+        idx = np.flatnonzero(size_of == s)
+        for chunk in np.array_split(idx, max(1, len(idx) // 4096)):
+            x = torch.from_numpy(ds.images[chunk]).permute(0, 3, 1, 2).float()
+            small = F.interpolate(x, size=(int(s), int(s)), mode="area")
+            back = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+            out[chunk] = back.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return ArrayDataset(out, ds.targets, ds.classes, ds.name)
+
+
+def balance_classes(ds, seed: int = 0):
+    """A copy of ``ds`` where every class has as many images as the largest (small classes repeated, in order,
+    then topped up at random), so training sees each class equally often."""
+    from ..data import ArrayDataset
+
+    counts = np.bincount(ds.targets, minlength=ds.num_classes)
+    most = int(counts.max())
+    rng = np.random.Generator(np.random.PCG64([seed, 3]))
+    parts = []
+    for c in np.flatnonzero(counts):
+        members = np.flatnonzero(ds.targets == c)
+        reps, extra = divmod(most, len(members))
+        parts += [np.tile(members, reps), rng.choice(members, extra, replace=False)]
+    idx = np.sort(np.concatenate(parts))
+    return ArrayDataset(ds.images[idx], ds.targets[idx], ds.classes, ds.name)
+
+
+def zoom_stretch(ds, zoom: tuple[float, float], stretch: float = 1.0, seed: int = 0):
+    """A copy of ``ds`` where each image is zoomed about its centre by a seeded random factor in ``zoom`` and its
+    width stretched against its height by up to ``stretch`` (scale and aspect-ratio jitter, drawn once)."""
+    import torch
+    import torch.nn.functional as F
+
+    from ..data import ArrayDataset
+
+    lo, hi = float(zoom[0]), float(zoom[1])
+    if not 0 < lo <= hi or stretch < 1:
+        raise BitError(f"zoom range {zoom} must be positive, smallest first, and stretch {stretch} at least 1")
+    rng = np.random.Generator(np.random.PCG64([seed, 2]))
+    n = len(ds)
+    z = np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+    a = np.exp(rng.uniform(-np.log(stretch), np.log(stretch), n))
+    theta = np.zeros((n, 2, 3), dtype=np.float32)
+    theta[:, 0, 0] = 1 / (z * np.sqrt(a))  # output x reads input x / zoom_x
+    theta[:, 1, 1] = np.sqrt(a) / z
+    out = np.empty_like(ds.images)
+    for chunk in np.array_split(np.arange(n), max(1, n // 4096)):
+        x = torch.from_numpy(ds.images[chunk]).permute(0, 3, 1, 2).float()
+        grid = F.affine_grid(torch.from_numpy(theta[chunk]), list(x.shape), align_corners=False)
+        y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out[chunk] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return ArrayDataset(out, ds.targets, ds.classes, ds.name)
+
+
+def fashion_mnist(split: str, home: Path | None = None):
+    """Fashion-MNIST ``split``, fetched from Debian's package into the cache when the system has no copy."""
+    from ..data import ensure_fashion_mnist, load_fashion_mnist
+
+    folder = ensure_fashion_mnist(cache_root(home) / "datasets")
+    return load_fashion_mnist(folder, split)
+
+
+def upstream_data(kind: str, images: int | None = None, eval_images: int | None = None, home: Path | None = None,
+                  low_res: tuple[int, int] | None = None, zoom: tuple[float, float] | None = None,
+                  stretch: float = 1.0, balance: bool = False):
+    """(train set, Fashion-MNIST test set labelled in the same classes or None) of upstream ``kind``."""
+    from ..data import ArrayDataset, concat_datasets, load_mnist5k
+
+    if kind not in UPSTREAMS:
+        raise BitError(f"unknown upstream '{kind}': choose S (Fashion-MNIST) or M (Fashion-MNIST + MNIST-5k)")
+    fashion = fashion_mnist("train", home)
+    train = fashion if kind == "S" else concat_datasets([fashion, load_mnist5k()], name="fashion-mnist+mnist5k")
+    train = _subset(train, images)
+    if balance:
+        train = balance_classes(train)
+    if zoom or stretch > 1:
+        train = zoom_stretch(train, zoom or (1.0, 1.0), stretch)
+    if low_res:
+        train = low_resolution(train, low_res)
+    test = None
+    if eval_images != 0:
+        full = fashion_mnist("test", home)
+        test = _subset(ArrayDataset(full.images, full.targets, train.classes, "fashion-mnist:test"), eval_images)
+    return train, test
+
+
+def downstream_data(name: str):
+    """The downstream set (one split; each few-shot cell is scored on the images it did not train on)."""
+    from ..data import load_digits, load_mnist5k
+
+    if name == "digits":
+        return load_digits()
+    if name == "mnist5k":
+        return load_mnist5k()
+    raise BitError(f"unknown downstream '{name}': choose {' or '.join(DOWNSTREAMS)}")
+
+
+
+def pixel_baseline(dataset) -> Callable[[int, int], float]:
+    """Balanced accuracy (%) of logistic regression on raw pixels, trained on the (k, seed) few-shot split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ..data import fewshot_indices
+
+    x = dataset.images.reshape(len(dataset), -1).astype(np.float64) / 255.0
+    y = dataset.targets
+
+    def score(k: int, seed: int) -> float:
+        chosen = fewshot_indices(y, int(k), int(seed), dataset.classes)
+        rest = np.setdiff1d(np.arange(len(y)), chosen, assume_unique=True)
+        clf = LogisticRegression(max_iter=2000).fit(x[chosen], y[chosen])
+        return 100.0 * float(balanced_accuracy_score(y[rest], clf.predict(x[rest])))
+
+    return score
+
