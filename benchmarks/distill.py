@@ -28,15 +28,15 @@ from bench import write_results  # noqa: E402
 HERE = Path(__file__).parent
 
 
-def _configs(args: argparse.Namespace, k: int, seed: int, backbone: str) -> tuple[dict, dict]:
-    """(teacher config, student config) of one cell."""
+def _configs(args: argparse.Namespace, k: int, seed: int, backbone: str, curve: bool) -> tuple[dict, dict]:
+    """(teacher config, student config) of one cell; ``curve``: evaluate the students along the way."""
     from bigtransfer.engine import config as C
     from bigtransfer.recipes import load_recipe
 
     teacher = {**load_recipe("demo_finetune"), "data": "digits", "pretrained": True, "weights": backbone,
                "shots": k, "seed": seed}
     student = C.merge(load_recipe(args.recipe), {"data": "digits", "shots": k, "seed": seed, "steps": args.steps,
-                                                 "eval_every": args.curve_every}, "example")
+                                                 "eval_every": args.curve_every if curve else 0}, "example")
     return teacher, student
 
 
@@ -136,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shots", default="1,5,10")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--steps", type=int, default=None, help="student steps (default: the recipe's)")
-    ap.add_argument("--curve-every", type=int, default=250, help="evaluate the students every N steps (0: at the end)")
+    ap.add_argument("--curve-every", type=int, default=150,
+                    help="evaluate the students of the largest k every N steps (0: only at the end)")
     ap.add_argument("--recipe", default="demo_distill")
     ap.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--runs", default="runs/distill-example", help="folder of the teacher and student runs")
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         # in a worker, as the demo trains it: the same threads per process, so the same numerics and cache entry
         upstream = pool.submit(pretrain_upstream, DemoConfig(), "M").result()
         print(f"upstream M: {'cached' if upstream.cached else 'pre-trained'} ({upstream.seconds:.0f} s)", flush=True)
-        cfgs = {c: _configs(args, *c, str(upstream.backbone)) for c in cells}
+        cfgs = {c: _configs(args, *c, str(upstream.backbone), c[0] == max(shots)) for c in cells}
         teachers = {c: pool.submit(run_teacher, cfgs[c][0], str(runs / f"teacher-k{c[0]}-s{c[1]}")) for c in cells}
         teachers = {c: f.result() for c, f in teachers.items()}
         print(f"teachers: {len(cells)} fine-tuned ({time.time() - t0:.0f} s so far)", flush=True)

@@ -180,3 +180,35 @@ def test_bit_distill_end_to_end_from_a_run_folder(tmp_path, capsys):
           "drop --head-only")
     fails(["distill", "--teacher", str(tmp_path / "t"), "--data", f"imagefolder:{data}", "--temperature", "0"],
           capsys, "temperature must be a number above 0")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_distil_as_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    common = ["--data", "digits", "--eval-split", "none", "--quiet", "--batch-size", "16", "--steps", "4",
+              "--set", "crop=32", "--set", "precrop=32", "--set", "eval_crop=32", "--set", "eval_resize=32",
+              "--set", "fast_path=false", "--set", "workers=0", "--set", "save_every=0"]
+    cli = [sys.executable, "-m", "bigtransfer.cli.main"]
+    subprocess.run([*cli, "finetune", "--recipe", "demo_finetune", "--no-pretrained", "--out", str(tmp_path / "t"),
+                    *common], check=True, env=env, capture_output=True, timeout=600)
+    distil = ["distill", "--teacher", str(tmp_path / "t"), "--student", "BiT-R14x0.5", "--no-pretrained",
+              "--recipe", "demo_distill", *common]
+    subprocess.run([*cli, *distil, "--batch-split", "2", "--out", str(tmp_path / "one")], check=True, env=env,
+                   capture_output=True, timeout=600)
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "bigtransfer.cli.main", *distil, "--out", str(tmp_path / "ddp")], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref, got = (load_file(tmp_path / name / "model.safetensors") for name in ("one", "ddp"))
+    from bigtransfer import create_model
+
+    torch.manual_seed(0)  # the student's initial weights, as the engine draws them for seed 0
+    init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
+    assert max((ref[k] - got[k]).abs().max().item() for k in ref) < 1e-5
+    assert max((ref[k] - init[k]).abs().max().item() for k in ref if "head" not in k) > 1e-3  # training moved them
