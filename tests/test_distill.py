@@ -193,7 +193,7 @@ def test_torchrun_two_processes_distil_as_one(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     common = ["--data", "digits", "--eval-split", "none", "--quiet", "--batch-size", "16", "--steps", "4",
               "--set", "crop=32", "--set", "precrop=32", "--set", "eval_crop=32", "--set", "eval_resize=32",
-              "--set", "fast_path=false", "--set", "workers=0", "--set", "save_every=0"]
+              "--set", "fast_path=false", "--set", "workers=0", "--set", "save_every=0", "--set", "warmup_steps=0"]
     cli = [sys.executable, "-m", "bigtransfer.cli.main"]
     subprocess.run([*cli, "finetune", "--recipe", "demo_finetune", "--no-pretrained", "--out", str(tmp_path / "t"),
                     *common], check=True, env=env, capture_output=True, timeout=600)
