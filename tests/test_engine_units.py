@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bigtransfer import create_model
-from bigtransfer.engine.config import DEFAULTS, identity, merge, parse_overrides
+from bigtransfer.engine.config import DEFAULTS, RunConfig, identity, merge, parse_overrides
 from bigtransfer.engine.optim import RMSpropTF, build_optimizer, param_groups
 from bigtransfer.engine.schedules import ExponentialSchedule, StepSchedule, build_schedule
 from bigtransfer.errors import BitError, UnknownNameError
@@ -18,7 +18,7 @@ from bigtransfer.recipes import list_recipes, load_recipe
 def test_hyperrule_schedule_at_chosen_steps():
     cfg = {**DEFAULTS, "lr": 0.003, "batch_size": 512, "lr_batch": 512, "schedule": "hyperrule",
            "warmup_steps": 100, "decay_steps": [200, 300, 400]}
-    s = build_schedule(cfg, steps_per_epoch=10, total=500)
+    s = build_schedule(RunConfig.from_dict(cfg), steps_per_epoch=10, total=500)
     assert s(0) == 0.0
     assert s(50) == pytest.approx(0.0015)
     assert s(100) == pytest.approx(0.003)
@@ -30,13 +30,13 @@ def test_hyperrule_schedule_at_chosen_steps():
 
 def test_lr_rescales_linearly_with_batch():
     cfg = {**DEFAULTS, "lr": 0.003, "batch_size": 128, "lr_batch": 512, "schedule": "constant"}
-    assert build_schedule(cfg, 1, 10)(5) == pytest.approx(0.00075)
+    assert build_schedule(RunConfig.from_dict(cfg), 1, 10)(5) == pytest.approx(0.00075)
 
 
 def test_multistep_counts_epochs_after_warmup():
     cfg = {**DEFAULTS, "lr": 0.06, "batch_size": 256, "lr_batch": 256, "schedule": "multistep",
            "warmup_epochs": 3, "milestones": [30, 40], "gamma": 0.5}
-    s = build_schedule(cfg, steps_per_epoch=10, total=900)
+    s = build_schedule(RunConfig.from_dict(cfg), steps_per_epoch=10, total=900)
     assert s(15) == pytest.approx(0.03)  # half-way through the 30-step warmup
     assert s(329) == pytest.approx(0.06)
     assert s(330) == pytest.approx(0.03)  # 3 warmup epochs + 30 epochs
@@ -46,7 +46,7 @@ def test_multistep_counts_epochs_after_warmup():
 def test_exponential_every_two_and_a_half_epochs():
     cfg = {**DEFAULTS, "lr": 0.02, "batch_size": 512, "lr_batch": 512, "schedule": "exponential",
            "warmup_epochs": 6, "decay_every_epochs": 2.5, "gamma": 0.98}
-    s = build_schedule(cfg, steps_per_epoch=4, total=800)
+    s = build_schedule(RunConfig.from_dict(cfg), steps_per_epoch=4, total=800)
     assert isinstance(s, ExponentialSchedule)
     assert s(12) == pytest.approx(0.01)
     assert s(24 + 9) == pytest.approx(0.02)
@@ -92,14 +92,16 @@ def test_weight_decay_filters():
     conv_only = param_groups(model, 4e-5, "conv_only")
     names = {id(p): n for n, p in model.named_parameters()}
     assert all(names[id(p)] != "head.conv.weight" and p.ndim == 4 for p in conv_only[0]["params"])
-    assert build_optimizer(model, {**DEFAULTS, "lr": 0.1, "weight_decay": 1e-4}).param_groups[1]["weight_decay"] == 0
+    cfg = RunConfig.from_dict({**DEFAULTS, "lr": 0.1, "weight_decay": 1e-4})
+    assert build_optimizer(model, cfg).param_groups[1]["weight_decay"] == 0
 
 
 def test_sgd_weight_decay_step_by_hand():
     lin = torch.nn.Linear(2, 1, bias=False)
     with torch.no_grad():
         lin.weight.copy_(torch.tensor([[1.0, 2.0]]))
-    opt = build_optimizer(lin, {**DEFAULTS, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.5})
+    opt = build_optimizer(lin, RunConfig.from_dict({**DEFAULTS, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
+                                                    "weight_decay": 0.5}))
     lin.weight.grad = torch.tensor([[0.2, -0.4]])
     opt.step()
     assert torch.allclose(lin.weight.detach(), torch.tensor([[1 - 0.1 * (0.2 + 0.5), 2 - 0.1 * (-0.4 + 1.0)]]))
@@ -141,7 +143,7 @@ def test_cosine_schedule_warms_up_then_follows_half_a_cosine_to_zero():
     from bigtransfer.engine.schedules import CosineSchedule, build_schedule
 
     cfg = {"lr": 0.01, "batch_size": 64, "lr_batch": 32, "schedule": "cosine", "warmup_steps": 10}
-    s = build_schedule(cfg, 5, 110)
+    s = build_schedule(RunConfig.from_dict(cfg), 5, 110)
     assert isinstance(s, CosineSchedule) and s.base_lr == pytest.approx(0.02)  # rescaled to the batch
     assert s(0) == 0.0 and s(5) == pytest.approx(0.01)
     assert s(10) == pytest.approx(0.02) and s(60) == pytest.approx(0.01) and s(110) == pytest.approx(0.0, abs=1e-12)
@@ -157,7 +159,8 @@ def test_adam_and_adamw_follow_their_weight_decay_definitions(name):
     model = torch.nn.Linear(3, 4, bias=False)
     with torch.no_grad():
         model.weight.copy_(w0)
-    opt = build_optimizer(model, {"optimizer": name, "lr": 0.1, "weight_decay": 0.5, "weight_decay_filter": "none"})
+    opt = build_optimizer(model, RunConfig.from_dict({"optimizer": name, "lr": 0.1, "weight_decay": 0.5,
+                                                      "weight_decay_filter": "none"}))
     grad = torch.randn(4, 3)
     model.weight.grad = grad.clone()
     opt.step()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from bigtransfer.engine.config import DEFAULTS
+from bigtransfer.engine.config import DEFAULTS, RunConfig
 from bigtransfer.engine.optim import RMSpropTF, build_optimizer, set_lr
 from bigtransfer.recipes import load_recipe
 
@@ -53,7 +53,7 @@ def _run_ours(cfg: dict, grads: list[list[torch.Tensor]]) -> tuple[list[torch.Te
     torch.manual_seed(0)
     block = _Block()
     start = [p.detach().clone() for p in block.parameters()]
-    opt = build_optimizer(block, cfg)
+    opt = build_optimizer(block, RunConfig.from_dict(cfg))
     for lr, step_grads in zip(LRS, grads, strict=True):
         set_lr(opt, lr)
         for p, g in zip(block.parameters(), step_grads, strict=True):

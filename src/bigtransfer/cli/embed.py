@@ -190,7 +190,7 @@ def build(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     source = str(Path(args.source).resolve()) if Path(args.source).exists() else args.source
     meta = {"source": source, "weights": str(Path(args.weights).resolve()) if args.weights else None,
-            "model": loaded.cfg.get("model"), "mode": mode, "count": len(rows), "dim": int(features.shape[1]),
+            "model": loaded.cfg.model, "mode": mode, "count": len(rows), "dim": int(features.shape[1]),
             "data": args.data, "split": args.split if args.data else None}
     write_index(files, features, [paths[i] for i in rows], [labels[i] for i in rows], meta)
     if skipped:

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     loaded = open_run(args.source, args.weights)
     cfg = loaded.cfg
-    data = args.data or cfg.get("data")
+    data = args.data or cfg.data
     if not data:
         from ..errors import BitError
 
@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, workers=args.workers, device=device, classes=classes,
                        progress=not args.quiet)
     out = Path(args.out) if args.out else (Path(args.source) / f"eval-{args.split}" if Path(args.source).is_dir()
-                                           else Path("runs") / f"eval-{cfg['model']}-{args.split}")
+                                           else Path("runs") / f"eval-{cfg.model}-{args.split}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(m, indent=1))
     if n <= 100:

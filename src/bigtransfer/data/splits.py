@@ -3,33 +3,34 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import Any
 
 from ..errors import BitError
 from .base import ImageDataset
 from .fewshot import fewshot_split, holdout_split, rest_check
 from .spec import load_dataset
+from .transforms import attribute_view
 
 log = logging.getLogger("bigtransfer")
 
 
-def load_run_data(cfg: Mapping[str, Any]) -> tuple[ImageDataset, ImageDataset | None]:
-    """(train set, eval set or None) as the config names them; few-shot when ``shots`` is set.
+def load_run_data(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
+    """(train set, eval set or None) as a checked run config (a RunConfig) names them; few-shot when ``shots`` is set.
 
     With ``val_split`` the eval set is a seeded, class-stratified hold-out of the train split and ``eval_split`` is
     not read; ``shots`` then samples from the part that is kept.
     """
-    if not cfg.get("data"):
+    c = attribute_view(cfg)
+    if not c.data:
         raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
-    train = load_dataset(cfg["data"], cfg["train_split"], skip_corrupt=cfg["skip_corrupt"])
+    train = load_dataset(c.data, c.train_split, skip_corrupt=c.skip_corrupt)
     held = None
-    if cfg.get("val_split") is not None:
-        train, held = holdout_split(train, cfg["val_split"], cfg["seed"])
-    split = cfg.get("eval_split") or "none"
+    if c.val_split is not None:
+        train, held = holdout_split(train, c.val_split, c.seed)
+    split = c.eval_split or "none"
     rest = None
-    if cfg.get("shots") is not None:
-        train, rest = _few_shot(train, cfg["shots"], cfg["seed"], check_rest=held is None and split == "rest")
+    if c.shots is not None:
+        train, rest = _few_shot(train, c.shots, c.seed, check_rest=held is None and split == "rest")
     if held is not None:
         return train, held
     if split == "none":
@@ -38,14 +39,10 @@ def load_run_data(cfg: Mapping[str, Any]) -> tuple[ImageDataset, ImageDataset | 
         if rest is None:
             raise BitError("eval_split 'rest' needs shots (the rest of a few-shot split)")
         return train, rest
-    return train, load_dataset(cfg["data"], split, skip_corrupt=cfg["skip_corrupt"])
+    return train, load_dataset(c.data, split, skip_corrupt=c.skip_corrupt)
 
 
-def _few_shot(train: ImageDataset, shots: Any, seed: Any, check_rest: bool):
-    if isinstance(shots, bool) or not isinstance(shots, int) or shots < 1:
-        raise BitError(f"shots must be a positive number of examples per class, got {shots!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise BitError(f"seed must be an integer, got {seed!r}")
+def _few_shot(train: ImageDataset, shots: int, seed: int, check_rest: bool):
     if check_rest:
         empty = rest_check(train, shots, flag="shots")
         if empty:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -18,11 +19,11 @@ Floats = Sequence[float]
 
 def normalization(model_or_cfg: Any = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) a model expects, from its ``pretrained_cfg`` (a dict) or a ``ModelConfig``; BiT's by default."""
-    cfg = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)
-    if isinstance(cfg, Mapping):
-        mean, std = cfg.get("mean"), cfg.get("std")
+    pc = getattr(model_or_cfg, "pretrained_cfg", model_or_cfg)  # a model's pretrained config, not a run config
+    if isinstance(pc, Mapping):
+        mean, std = pc.get("mean"), pc.get("std")
     else:
-        mean, std = getattr(cfg, "mean", None), getattr(cfg, "std", None)
+        mean, std = getattr(pc, "mean", None), getattr(pc, "std", None)
     return tuple(mean or BIT_MEAN), tuple(std or BIT_STD)
 
 
@@ -77,15 +78,21 @@ def hyperrule_transforms(hp: Any, mean: Floats = BIT_MEAN, std: Floats = BIT_STD
     return hyperrule_train(hp.precrop, hp.crop, mean, std, flip), hyperrule_eval(hp.crop, mean, std)
 
 
-def build_transforms(cfg: Mapping[str, Any]) -> tuple[v2.Compose, v2.Compose]:
-    """(train, eval) pipelines as a resolved run config says."""
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    ra = tuple(cfg["randaugment"]) if cfg.get("randaugment") else None
-    if cfg["transforms"] == "hyperrule":
-        train = hyperrule_train(cfg["precrop"], cfg["crop"], mean, std, flip=cfg["flip"], randaugment=ra)
-        return train, hyperrule_eval(cfg["eval_crop"], mean, std)
-    if cfg["transforms"] == "recipe":
-        train = train_recipe(cfg["crop"], mean, std, scale=tuple(cfg["scale"]), hflip=0.5 if cfg["flip"] else 0.0,
-                             color_jitter=cfg["color_jitter"], randaugment=ra)
-        return train, eval_recipe(cfg.get("eval_resize") or cfg["eval_crop"], cfg["eval_crop"], mean, std)
-    raise BitError(f"unknown transforms '{cfg['transforms']}': use hyperrule or recipe")
+def attribute_view(cfg: Any) -> Any:
+    """A run config read by attribute: a RunConfig (or any object with its settings) as is, a mapping wrapped."""
+    return SimpleNamespace(**cfg) if isinstance(cfg, Mapping) else cfg
+
+
+def build_transforms(cfg: Any) -> tuple[v2.Compose, v2.Compose]:
+    """(train, eval) pipelines as a resolved run config says (a RunConfig, or a mapping of its settings)."""
+    c = attribute_view(cfg)
+    mean, std = tuple(c.mean), tuple(c.std)
+    ra = tuple(c.randaugment) if getattr(c, "randaugment", None) else None
+    if c.transforms == "hyperrule":
+        train = hyperrule_train(c.precrop, c.crop, mean, std, flip=c.flip, randaugment=ra)
+        return train, hyperrule_eval(c.eval_crop, mean, std)
+    if c.transforms == "recipe":
+        train = train_recipe(c.crop, mean, std, scale=tuple(c.scale), hflip=0.5 if c.flip else 0.0,
+                             color_jitter=c.color_jitter, randaugment=ra)
+        return train, eval_recipe(getattr(c, "eval_resize", None) or c.eval_crop, c.eval_crop, mean, std)
+    raise BitError(f"unknown transforms '{c.transforms}': use hyperrule or recipe")

@@ -7,7 +7,9 @@ exactly the student's input (consistent), over a long schedule (patient). Labels
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,7 @@ from torch.utils.data import DataLoader
 from ..data.splits import load_run_data
 from ..data.unlabeled import with_extra_images
 from ..errors import BitError
+from .config import RunConfig, as_run_config
 from .evaluate import autocast, counts_from_logits, run_mode, summarize
 from .runs import LoadedModel, load_run
 from .sampling import SeededTransform
@@ -34,24 +37,24 @@ def kl_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1
 class Distiller(Trainer):
     """The engine's training loop with the teacher's softmax as the target; the run folder is a normal run."""
 
-    def __init__(self, cfg: dict, run_dir: str | Path, *, teacher: LoadedModel | None = None, train_set=None,
-                 eval_set=None, **kwargs) -> None:
-        if teacher is None and not cfg.get("teacher"):
+    def __init__(self, cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, teacher: LoadedModel | None = None,
+                 train_set=None, eval_set=None, **kwargs) -> None:
+        cfg = as_run_config(cfg)
+        if teacher is None and not cfg.teacher:
             raise BitError("no teacher: pass --teacher RUN|CHECKPOINT|NAME (a run folder, a weights file or a model)")
-        if cfg.get("head_only"):
+        if cfg.head_only:
             raise BitError("distillation trains the whole student; drop --head-only")
-        self.teacher = teacher or load_run(cfg["teacher"], cfg.get("teacher_weights"))
-        cfg = {**cfg, "num_classes": self.teacher.model.num_classes}
-        for key in ("mean", "std"):  # by default the student reads its inputs as the teacher does
-            if cfg.get(key) is None:
-                cfg[key] = list(self.teacher.cfg[key])
+        self.teacher = teacher or load_run(cfg.teacher, cfg.teacher_weights)
+        # by default the student reads its inputs as the teacher does
+        cfg = cfg.replace(num_classes=self.teacher.model.num_classes, mean=cfg.mean or self.teacher.cfg.mean,
+                          std=cfg.std or self.teacher.cfg.std)
         if train_set is None:
             train_set, eval_set = load_run_data(cfg)
         _check_classes(self.teacher, train_set, eval_set)
-        if cfg.get("extra_data"):
-            train_set = with_extra_images(train_set, str(cfg["extra_data"]), bool(cfg["skip_corrupt"]))
+        if cfg.extra_data:
+            train_set = with_extra_images(train_set, cfg.extra_data, cfg.skip_corrupt)
             log.info("distilling on %d images (%d of them from %s)", len(train_set), len(train_set.extra),
-                     cfg["extra_data"])
+                     cfg.extra_data)
         super().__init__(cfg, run_dir, train_set=train_set, eval_set=eval_set, **kwargs)
         self.classes = list(self.teacher.classes or self.classes)
         if not self.dry_run:
@@ -60,10 +63,10 @@ class Distiller(Trainer):
     def _prepare_teacher(self) -> None:
         from ..models.fast import prepare_for_inference
 
-        self.teacher_net = prepare_for_inference(self.teacher.model.to(self.device), run_mode(self.cfg["precision"]))
+        self.teacher_net = prepare_for_inference(self.teacher.model.to(self.device), run_mode(self.cfg.precision))
         # The batch is normalised with the student's mean/std; the teacher gets it in its own.
-        mean_s, std_s = (torch.tensor(self.cfg[k], dtype=torch.float32) for k in ("mean", "std"))
-        mean_t, std_t = (torch.tensor(self.teacher.cfg[k], dtype=torch.float32) for k in ("mean", "std"))
+        mean_s, std_s = (torch.tensor(v, dtype=torch.float32) for v in (self.cfg.mean, self.cfg.std))
+        mean_t, std_t = (torch.tensor(v, dtype=torch.float32) for v in (self.teacher.cfg.mean, self.teacher.cfg.std))
         same = torch.equal(mean_s, mean_t) and torch.equal(std_s, std_t)
         self._to_teacher = None if same else ((std_s / std_t).view(1, 3, 1, 1).to(self.device),
                                               ((mean_s - mean_t) / std_t).view(1, 3, 1, 1).to(self.device))
@@ -80,16 +83,16 @@ class Distiller(Trainer):
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
         """KL divergence to the teacher on this very (augmented, mixed) batch; the labels are not used."""
         target = self.teacher_logits(x)
-        with autocast(self.device, self.cfg["precision"]):
+        with autocast(self.device, self.cfg.precision):
             logits = self.model(x)
-        return kl_loss(logits.float(), target, float(self.cfg["temperature"]))
+        return kl_loss(logits.float(), target, self.cfg.temperature)
 
     def _teacher_on_eval(self) -> dict:
         """The teacher's predictions and metrics on the (un-augmented) eval set, computed once."""
         if self._teacher_eval is None:
             loader = DataLoader(SeededTransform(self.eval_set, self.eval_tf), batch_size=64)
             logits = torch.cat([self.teacher_logits(x.to(self.device)).cpu() for x, _ in loader])
-            n = int(self.cfg["num_classes"])
+            n = self.cfg.num_classes
             confusion, top5 = counts_from_logits(logits, torch.as_tensor(self.eval_set.targets), n)
             self._teacher_eval = {"pred": logits.argmax(1), **summarize(confusion.numpy(), top5, self.classes)}
         return self._teacher_eval
@@ -121,7 +124,7 @@ def _check_classes(teacher: LoadedModel, train_set, eval_set) -> None:
                     train_set.num_classes, n)
 
 
-def distill(cfg: dict, run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
+def distill(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
     """Resolve, distil and evaluate one run (resuming ``run_dir`` when it holds the same run)."""
     kwargs.setdefault("announce", not kwargs.get("quiet", False))
     distiller = Distiller(cfg, run_dir, dry_run=dry_run, **kwargs)

@@ -7,6 +7,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .config import RunConfig
+
 
 def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "norm_bias") -> list[dict]:
     """Split trainable parameters into decayed and not-decayed groups.
@@ -73,26 +75,22 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """SGD, RMSProp or AdamW over ``model``'s trainable parameters as a resolved recipe asks.
 
     ``adamw`` decays the weights decoupled from the gradient (``w -= lr * weight_decay * w``), as optax's
     ``add_decayed_weights`` before the learning rate; ``adam`` adds ``weight_decay * w`` to the gradient.
     """
-    groups = param_groups(model, float(cfg.get("weight_decay") or 0.0), cfg.get("weight_decay_filter", "norm_bias"))
-    lr = float(cfg["lr"])
-    name = cfg["optimizer"].lower()
+    groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_filter)
+    lr, name = cfg.lr, cfg.optimizer.lower()
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.9)),
-                               nesterov=bool(cfg.get("nesterov", False)))
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if name == "rmsprop":
-        return RMSpropTF(groups, lr=lr, rho=float(cfg.get("rmsprop_rho", 0.9)),
-                         momentum=float(cfg.get("momentum", 0.9)), eps=float(cfg.get("rmsprop_eps", 1.0)),
-                         ms_init=float(cfg.get("rmsprop_init", 1.0)))
+        return RMSpropTF(groups, lr=lr, rho=cfg.rmsprop_rho, momentum=cfg.momentum, eps=cfg.rmsprop_eps,
+                         ms_init=cfg.rmsprop_init)
     if name in ("adam", "adamw"):
-        betas = (float(cfg.get("adam_beta1", 0.9)), float(cfg.get("adam_beta2", 0.999)))
         kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return kind(groups, lr=lr, betas=betas, eps=float(cfg.get("adam_eps", 1e-8)))
+        return kind(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
     raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop | adam | adamw)")
 
 

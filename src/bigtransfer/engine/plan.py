@@ -7,15 +7,16 @@ import os
 import torch
 
 from ..errors import BitError
+from .config import RunConfig
 from .schedules import build_schedule
 
 BATCH_WARN_RATIO = 10  # a batch this many times the training set is almost surely not what was meant
 _ACTIVATION_FACTOR = 2  # saved activations and their gradients (measured: ~2x the outputs' size for R50x1)
 
 
-def _schedule_line(cfg: dict) -> str:
-    steps, kind = int(cfg["steps"]), cfg["schedule"]
-    sched = build_schedule(cfg, max(float(cfg["steps_per_epoch"]), 1e-9), steps)
+def _schedule_line(cfg: RunConfig) -> str:
+    steps, kind = cfg.steps, cfg.schedule
+    sched = build_schedule(cfg, max(cfg.steps_per_epoch, 1e-9), steps)
     lr = sched.base_lr
     warm = f"warmup {sched.warmup}" if sched.warmup else "no warmup"
     if kind in ("hyperrule", "multistep"):
@@ -27,46 +28,46 @@ def _schedule_line(cfg: dict) -> str:
         shape = f"cosine decay to 0 at step {steps}"
     else:
         shape = "constant lr"
-    at = f" ({float(cfg['lr']):g} at batch {cfg['lr_batch']})" if int(cfg["lr_batch"]) != int(cfg["batch_size"]) else ""
+    at = f" ({cfg.lr:g} at batch {cfg.lr_batch})" if cfg.lr_batch != cfg.batch_size else ""
     return f"  schedule: {kind}, {warm}, {shape}; lr {lr:.4g}{at}"
 
 
-def describe(cfg: dict, n_eval: int | None, device: torch.device, world: int = 1) -> list[str]:
+def describe(cfg: RunConfig, n_eval: int | None, device: torch.device, world: int = 1) -> list[str]:
     """The resolved run in a few lines: data, resolution, batch, schedule, regularisation, device."""
-    batch, split, steps, n = int(cfg["batch_size"]), int(cfg["batch_split"]), int(cfg["steps"]), int(cfg["n_train"])
-    evaluation = "none" if n_eval is None else f"{cfg.get('eval_split')} split, {n_eval} images"
-    if n_eval is not None and cfg.get("val_split"):
-        evaluation = f"{float(cfg['val_split']):g} of the train split held out, {n_eval} images"
-    if cfg["transforms"] == "hyperrule":
-        res = f"resize {cfg['precrop']}, random crop {cfg['crop']}, evaluate at {cfg['eval_crop']}"
+    batch, split, steps, n = cfg.batch_size, cfg.batch_split, cfg.steps, cfg.n_train
+    evaluation = "none" if n_eval is None else f"{cfg.eval_split} split, {n_eval} images"
+    if n_eval is not None and cfg.val_split:
+        evaluation = f"{cfg.val_split:g} of the train split held out, {n_eval} images"
+    if cfg.transforms == "hyperrule":
+        res = f"resize {cfg.precrop}, random crop {cfg.crop}, evaluate at {cfg.eval_crop}"
     else:
-        res = f"random resized crop {cfg['crop']}, evaluate at {cfg['eval_crop']}"
+        res = f"random resized crop {cfg.crop}, evaluate at {cfg.eval_crop}"
     micro = batch // (split * world)
     per = f"{split} micro-batches of {micro}" if split > 1 else f"micro-batch {micro}"
     if world > 1:
         per += f" on each of {world} processes"
-    mix = f"MixUp alpha {cfg['mixup']:g}" if cfg["mixup"] else "no MixUp"
-    extras = [mix, f"label smoothing {cfg['label_smoothing']:g}" if cfg["label_smoothing"] else "",
-              f"EMA {cfg['ema_decay']}" if cfg.get("ema_decay") else "",
-              f"clip {cfg['clip_grad_norm']}" if cfg.get("clip_grad_norm") else ""]
-    source = "from scratch" if not (cfg["pretrained"] or cfg.get("weights")) else (cfg.get("weights") or "pretrained")
+    mix = f"MixUp alpha {cfg.mixup:g}" if cfg.mixup else "no MixUp"
+    extras = [mix, f"label smoothing {cfg.label_smoothing:g}" if cfg.label_smoothing else "",
+              f"EMA {cfg.ema_decay}" if cfg.ema_decay else "",
+              f"clip {cfg.clip_grad_norm}" if cfg.clip_grad_norm else ""]
+    source = "from scratch" if not (cfg.pretrained or cfg.weights) else (cfg.weights or "pretrained")
     return [
-        f"plan: {cfg['model']} ({source}) on {cfg['data']}: {n} training images, {cfg['num_classes']} classes; "
+        f"plan: {cfg.model} ({source}) on {cfg.data}: {n} training images, {cfg.num_classes} classes; "
         f"evaluation: {evaluation}",
-        f"  resolution: {res} ({cfg['transforms']} transforms)",
+        f"  resolution: {res} ({cfg.transforms} transforms)",
         f"  batch {batch} ({per}); {steps} steps = {steps * batch / max(n, 1):.1f} epochs",
-        *([f"  distilling {cfg['teacher']} into it: KL to the teacher's softmax at temperature "
-           f"{float(cfg['temperature']):g} on the same augmented batch; labels unused"] if cfg.get("teacher") else []),
+        *([f"  distilling {cfg.teacher} into it: KL to the teacher's softmax at temperature "
+           f"{cfg.temperature:g} on the same augmented batch; labels unused"] if cfg.teacher else []),
         _schedule_line(cfg),
-        f"  {cfg['optimizer']}, weight decay {cfg['weight_decay']:g}; " + ", ".join(e for e in extras if e),
-        f"  device {device}, precision {cfg['precision']}, {cfg['workers']} data workers",
+        f"  {cfg.optimizer}, weight decay {cfg.weight_decay:g}; " + ", ".join(e for e in extras if e),
+        f"  device {device}, precision {cfg.precision}, {cfg.workers} data workers",
     ]
 
 
-def warnings_for(cfg: dict) -> list[str]:
+def warnings_for(cfg: RunConfig) -> list[str]:
     """Settings that run but are rarely what was meant."""
     out = []
-    batch, n = int(cfg["batch_size"]), int(cfg["n_train"])
+    batch, n = cfg.batch_size, cfg.n_train
     if batch > BATCH_WARN_RATIO * n:
         out.append(f"warning: batch {batch} is {batch / max(n, 1):.0f}x the {n} training images, so every step "
                    f"computes each image about {batch / max(n, 1):.0f} times; a smaller --batch-size (with the lr "
@@ -110,14 +111,14 @@ def available_bytes(device: torch.device) -> int | None:
         return None
 
 
-def check_memory(cfg: dict, model: torch.nn.Module, device: torch.device, world: int = 1) -> None:
+def check_memory(cfg: RunConfig, model: torch.nn.Module, device: torch.device, world: int = 1) -> None:
     """Refuse a micro-batch whose activations cannot fit in the memory there is, naming a size that would."""
     free = available_bytes(device)
     if not free:
         return
-    batch, split = int(cfg["batch_size"]), int(cfg["batch_split"])
+    batch, split = cfg.batch_size, cfg.batch_split
     micro = batch // (split * world)
-    crop = int(cfg["crop"])
+    crop = cfg.crop
     per_image = activation_bytes(model, crop) * _ACTIVATION_FACTOR + 3 * crop * crop * 4 * 2
     need = micro * per_image
     if need <= free:

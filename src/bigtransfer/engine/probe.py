@@ -36,17 +36,16 @@ def fit_head(trainer):
     start = time.perf_counter()
     # Cached features cannot see augmentation, so the evaluation transform is used for training too.
     feats = extract_features(model, trainer.train_set, trainer.eval_tf, device=trainer.device,
-                             precision=c["precision"], channels_last=bool(c["channels_last"]))
+                             precision=c.precision, channels_last=c.channels_last)
     labels = torch.as_tensor(trainer.train_set.targets)
-    head = nn.Linear(feats.shape[1], int(c["num_classes"]))
+    head = nn.Linear(feats.shape[1], c.num_classes)
     nn.init.zeros_(head.weight)
     nn.init.zeros_(head.bias)
     opt = build_optimizer(head, c)
-    total = int(c["steps"])
-    schedule = build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), total)
-    criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
-    sampler = iter(StepSampler(len(labels), int(c["batch_size"]), int(c["seed"]), 0, total))
-    batch = int(c["batch_size"])
+    total, batch = c.steps, c.batch_size
+    schedule = build_schedule(c, max(c.steps_per_epoch, 1e-9), total)
+    criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+    sampler = iter(StepSampler(len(labels), batch, c.seed, 0, total))
     for step in range(total):
         set_lr(opt, schedule(step))
         idx = torch.tensor([next(sampler)[0] for _ in range(batch)])
@@ -54,7 +53,7 @@ def fit_head(trainer):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if (step + 1) % int(c["log_every"]) == 0 or step + 1 == total:
+        if (step + 1) % c.log_every == 0 or step + 1 == total:
             trainer.log_row({"step": step + 1, "loss": loss.item(), "lr": schedule(step)})
     with torch.no_grad():
         model.head.conv.weight.copy_(head.weight[:, :, None, None])

@@ -7,8 +7,10 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,6 +20,7 @@ from ..models import ResNetV2, get_config
 from ..weights.common import atomic_write
 from . import config as C
 from .checkpoint import list_checkpoints, read_latest_name
+from .config import RunConfig
 from .distributed import DistInfo, broadcast_object
 from .evaluate import run_mode
 
@@ -44,19 +47,25 @@ class LoadedModel:
     """A model ready for inference, with what its run, file or registry entry says about its inputs and classes."""
 
     model: ResNetV2
-    cfg: dict  # a resolved run config (for a file or a bare model name: enough to build its evaluation transform)
+    # a resolved run config (for a file or a bare model name: enough to build its evaluation transform); a plain
+    # dict given here is read with RunConfig.from_dict
+    cfg: RunConfig
     classes: list[str] | None
     mode: str = "auto"  # the default inference path: a trained run's own (as its eval.json), else the fastest
     input_size: int | None = None  # the resolution it is evaluated at, when known
     facts: dict = field(default_factory=dict)  # model name, classes, mean/std, eval preprocessing: ``deploy_facts``
 
+    def __post_init__(self) -> None:
+        if isinstance(self.cfg, Mapping):
+            self.cfg = RunConfig.from_dict(self.cfg, "the model's settings", strict=False)
+
     @property
     def mean(self) -> list[float]:
-        return self.facts.get("mean") or list(self.cfg["mean"])
+        return self.facts.get("mean") or list(self.cfg.mean)
 
     @property
     def std(self) -> list[float]:
-        return self.facts.get("std") or list(self.cfg["std"])
+        return self.facts.get("std") or list(self.cfg.std)
 
 
 def is_run_dir(path: str | os.PathLike) -> bool:
@@ -99,7 +108,7 @@ def open_run(source: str | os.PathLike, weights: str | os.PathLike | None = None
         return _from_file(Path(weights), mc.name)
     model = create_model(mc.name, pretrained=True).eval()
     settings = pretrained_eval_settings(mc)
-    cfg = {**_inference_cfg(model, {}), **settings}
+    cfg = _inference_cfg(model, {}).replace(**settings)
     return _loaded(model, cfg, {"model": mc.name, **settings}, class_names(mc.labels), "auto", mc.input_size)
 
 
@@ -142,22 +151,26 @@ def run_weights(run: Path) -> Path:
 def _from_run(run: Path, weights: str | os.PathLike | None, model_name: str | None, unfinished: bool) -> LoadedModel:
     from ..weights import load_checkpoint
 
-    cfg = read_run_config(run)
-    name = model_name or cfg.get("model")
+    saved = read_run_config(run)
+    name = model_name or saved.get("model")
     if not name:
         raise CheckpointError(f"{run / CONFIG}: no 'model' entry; pass --model NAME")
+    saved = {**saved, "model": str(name)}
+    try:  # settings added since the run was written take their defaults; unknown ones are left out
+        cfg = RunConfig.from_dict(saved, str(run / CONFIG), strict=False)
+    except BitError as e:
+        raise CheckpointError(f"{run / CONFIG}: {e}") from None
     final = Path(weights) if weights else run_weights(run) if unfinished else run / FINAL_WEIGHTS
     if not final.exists():
         raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
-    model = create_model(str(name), num_classes=int(cfg["num_classes"]) if cfg.get("num_classes") else None)
+    model = create_model(cfg.model, num_classes=cfg.num_classes)
     load_checkpoint(model, final)  # the run's head: created at its size first, so loading keeps it
     model.pretrained_cfg["num_classes"] = model.num_classes
-    cfg = {**cfg, "model": str(name)}
     classes = _read_classes(run / CLASSES)
     if classes is None and final.suffix == ".safetensors":
         classes = _classes_from_meta(_safetensors_metadata(final))
-    size = cfg.get("eval_crop") or cfg.get("crop") or cfg.get("input_size") or get_config(str(name)).input_size
-    return _loaded(model.eval(), cfg, cfg, classes, run_mode(str(cfg.get("precision", "fp32"))), size)
+    size = cfg.eval_crop or cfg.crop or saved.get("input_size") or get_config(cfg.model).input_size
+    return _loaded(model.eval(), cfg, saved, classes, run_mode(cfg.precision), size)
 
 
 def _from_file(path: Path, name: str | None) -> LoadedModel:
@@ -174,10 +187,14 @@ def _from_file(path: Path, name: str | None) -> LoadedModel:
         classes = _read_classes(path.parent / CLASSES)
     size = _as_int(meta.get("eval_crop")) or model.pretrained_cfg.get("input_size")
     mode = run_mode(meta["precision"]) if meta.get("precision") else "auto"
-    return _loaded(model, _inference_cfg(model, meta), meta, classes, mode, size)
+    try:
+        cfg = _inference_cfg(model, meta)
+    except BitError as e:  # metadata this version does not understand
+        raise CheckpointError(f"{path}: {e}") from None
+    return _loaded(model, cfg, meta, classes, mode, size)
 
 
-def _loaded(model: ResNetV2, cfg: dict, settings: dict, classes: list[str] | None, mode: str,
+def _loaded(model: ResNetV2, cfg: RunConfig, settings: dict, classes: list[str] | None, mode: str,
             size: object) -> LoadedModel:
     facts = deploy_facts(model, settings, classes)
     return LoadedModel(model, cfg, facts["classes"], mode, _as_int(size), facts)
@@ -189,19 +206,18 @@ def _holds_weights(folder: Path) -> bool:
     return any(p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file() for p in folder.iterdir())
 
 
-def _inference_cfg(model: ResNetV2, meta: dict) -> dict:
+def _inference_cfg(model: ResNetV2, meta: dict) -> RunConfig:
     """Enough of a run config to build the evaluation transform for ``model`` (and its file's metadata)."""
     pc = model.pretrained_cfg or {}
     size = int(meta.get("eval_crop") or pc.get("input_size") or 224)
-    cfg = {**C.DEFAULTS, "model": pc.get("name") or meta.get("model") or "", "num_classes": model.num_classes,
-           "mean": list(pc.get("mean") or (0.5, 0.5, 0.5)), "std": list(pc.get("std") or (0.5, 0.5, 0.5)),
-           "crop": size, "eval_crop": size, "precrop": size}
-    cfg["transforms"] = meta.get("transforms") or cfg["transforms"]
-    if meta.get("eval_resize"):
-        cfg["eval_resize"] = int(meta["eval_resize"])
-    if meta.get("precision"):
-        cfg["precision"] = meta["precision"]
-    return cfg
+    values: dict[str, Any] = {
+        "model": pc.get("name") or meta.get("model") or "", "num_classes": model.num_classes,
+        "mean": list(pc.get("mean") or (0.5, 0.5, 0.5)), "std": list(pc.get("std") or (0.5, 0.5, 0.5)),
+        "crop": size, "eval_crop": size, "precrop": size}
+    for key, cast in (("transforms", str), ("eval_resize", int), ("precision", str)):
+        if meta.get(key):
+            values[key] = cast(meta[key])
+    return RunConfig.from_dict(values, "the weights file's metadata")
 
 
 def deploy_facts(model: ResNetV2, settings: dict, classes: list[str] | None) -> dict:
@@ -261,7 +277,7 @@ def class_names(labels: str | None) -> list[str] | None:
     return fetch_labels(labels)
 
 
-def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -> bool:
+def prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, info: DistInfo) -> bool:
     """Create or reuse ``run_dir``; True when it holds this same run (so it resumes).
 
     Rank 0 decides and tells the others, so every rank takes the same branch and the same collectives.
@@ -278,23 +294,35 @@ def prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool, info: DistInfo) -
     return resumable
 
 
-def _prepare_run_dir(run_dir: Path, cfg: dict, overwrite: bool) -> bool:
+def _saved_run(saved: Path) -> tuple[dict, RunConfig | None]:
+    """A run folder's ``config.yaml`` as written (keys an older version did not write take their defaults) and read
+    back with ``RunConfig.from_dict``; ({}, None) when unreadable, None when not a valid run config."""
+    try:
+        old = yaml.safe_load(saved.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict) or not old:
+        return {}, None
+    old = {**C.DEFAULTS, **old}
+    try:
+        return old, RunConfig.from_dict(old, str(saved))
+    except BitError:
+        return old, None
+
+
+def _prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool) -> bool:
     if run_dir.exists() and not run_dir.is_dir():
         raise BitError(f"--out {run_dir} is a file, not a folder; choose another --out")
     saved = run_dir / CONFIG
     if saved.exists():
-        try:
-            old = yaml.safe_load(saved.read_text())
-        except (yaml.YAMLError, UnicodeDecodeError):
-            old = None
-        # an unreadable config.yaml counts as another run; keys an older version did not write take their defaults
-        old = {**C.DEFAULTS, **old} if isinstance(old, dict) and old else {}
-        if C.identity(old) == C.identity(cfg):
+        old, old_cfg = _saved_run(saved)  # an unreadable or invalid config.yaml counts as another run
+        if old_cfg is not None and C.identity(old_cfg) == C.identity(cfg):
             return True
         if not overwrite and not _has_progress(run_dir):
             log.info("%s holds a run that saved no weights yet; starting it again with the new settings", run_dir)
         elif not overwrite:
-            diff = sorted(k for k in set(old) | set(cfg) if k not in C.NON_IDENTITY and old.get(k) != cfg.get(k))
+            new = cfg.to_dict()
+            diff = sorted(k for k in set(old) | set(new) if k not in C.NON_IDENTITY and old.get(k) != new.get(k))
             raise BitError(f"{run_dir} holds a different run (settings differ: {', '.join(diff[:5])}); "
                            f"use another --out, or --overwrite to replace it")
         for name in RESTART_REMOVES:
@@ -310,20 +338,20 @@ def _has_progress(run_dir: Path) -> bool:
     return (run_dir / FINAL_WEIGHTS).exists() or any((run_dir / CHECKPOINTS).glob("step_*"))
 
 
-def run_metadata(cfg: dict, classes: list[str]) -> dict[str, str]:
+def run_metadata(cfg: RunConfig, classes: list[str]) -> dict[str, str]:
     """What a run's ``model.safetensors`` records, so the bare file rebuilds the model, its head and its inputs."""
-    mc = get_config(cfg["model"])
-    meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg["num_classes"]),
+    mc = get_config(cfg.model)
+    meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg.num_classes),
             "block_units": ",".join(str(u) for u in mc.block_units), "width_factor": str(mc.width_factor),
-            "classes": json.dumps(classes), "transforms": str(cfg["transforms"]), "eval_crop": str(cfg["eval_crop"]),
-            "mean": ",".join(str(float(v)) for v in cfg["mean"]), "std": ",".join(str(float(v)) for v in cfg["std"]),
-            "precision": str(cfg["precision"])}
-    if cfg.get("eval_resize"):
-        meta["eval_resize"] = str(cfg["eval_resize"])
+            "classes": json.dumps(classes), "transforms": str(cfg.transforms), "eval_crop": str(cfg.eval_crop),
+            "mean": ",".join(str(float(v)) for v in cfg.mean), "std": ",".join(str(float(v)) for v in cfg.std),
+            "precision": str(cfg.precision)}
+    if cfg.eval_resize:
+        meta["eval_resize"] = str(cfg.eval_resize)
     return meta
 
 
-def write_final_weights(run_dir: Path, state_dict: dict, cfg: dict, classes: list[str]) -> Path:
+def write_final_weights(run_dir: Path, state_dict: dict, cfg: RunConfig, classes: list[str]) -> Path:
     """Write the run's ``model.safetensors`` (with ``run_metadata``) and ``classes.json``, each atomically."""
     from safetensors.torch import save_file
 

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from .config import RunConfig
+
 
 @dataclass(frozen=True)
 class StepSchedule:
@@ -55,19 +57,20 @@ class CosineSchedule:
         return self.base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def build_schedule(cfg: dict, steps_per_epoch: int, total: int) -> StepSchedule | ExponentialSchedule | CosineSchedule:
+def build_schedule(cfg: RunConfig, steps_per_epoch: float,
+                   total: int) -> StepSchedule | ExponentialSchedule | CosineSchedule:
     """The schedule a resolved recipe asks for; epoch-based values are converted with ``steps_per_epoch``."""
-    lr = float(cfg["lr"]) * int(cfg["batch_size"]) / int(cfg["lr_batch"])  # linear rescaling to the batch
-    kind = cfg["schedule"]
-    warmup = int(cfg.get("warmup_steps") or round(float(cfg.get("warmup_epochs") or 0) * steps_per_epoch))
+    lr = cfg.lr * cfg.batch_size / cfg.lr_batch  # linear rescaling to the batch
+    kind = cfg.schedule
+    warmup = cfg.warmup_steps or round((cfg.warmup_epochs or 0) * steps_per_epoch)
     if kind == "hyperrule":
-        return StepSchedule(lr, warmup, tuple(int(b) for b in cfg["decay_steps"]), total, 0.1, after=True)
+        return StepSchedule(lr, warmup, cfg.decay_steps, total, 0.1, after=True)
     if kind == "multistep":  # milestones count epochs after the warmup, as mindcv's step decay
-        bounds = tuple(warmup + round(float(m) * steps_per_epoch) for m in cfg["milestones"])
-        return StepSchedule(lr, warmup, bounds, total, float(cfg["gamma"]))
+        bounds = tuple(warmup + round(m * steps_per_epoch) for m in cfg.milestones)
+        return StepSchedule(lr, warmup, bounds, total, cfg.gamma)
     if kind == "exponential":
-        every = max(float(cfg["decay_every_epochs"]) * steps_per_epoch, 1.0)
-        return ExponentialSchedule(lr, warmup, every, total, float(cfg["gamma"]))
+        every = max(cfg.decay_every_epochs * steps_per_epoch, 1.0)
+        return ExponentialSchedule(lr, warmup, every, total, cfg.gamma)
     if kind == "constant":
         return StepSchedule(lr, warmup, (), total)
     if kind == "cosine":

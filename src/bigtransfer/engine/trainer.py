@@ -8,7 +8,7 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ..models.fast import standardize_once, use_fast_path
 from . import config as C
 from . import runs as R
 from .checkpoint import load_latest, save_checkpoint
+from .config import RunConfig, as_run_config
 from .distributed import all_reduce_sum, barrier, init_distributed, resolve_device
 from .ema import ModelEMA
 from .evaluate import autocast, evaluate_model, run_mode
@@ -48,7 +49,7 @@ class TrainingDiverged(BitError):
 @dataclass
 class RunResult:
     run_dir: Path
-    config: dict
+    config: RunConfig  # the resolved run config (``to_dict()`` is its config.yaml)
     model: nn.Module
     metrics: dict = field(default_factory=dict)
     steps_done: int = 0
@@ -56,11 +57,11 @@ class RunResult:
     train_seconds: float = 0.0  # wall time of the optimisation (for a head-only run: features and head)
 
 
-def load_data(cfg: dict):
-    """(train set, eval set or None) as the config names them (kept here for older imports)."""
+def load_data(cfg: RunConfig | Mapping[str, Any]):
+    """(train set, eval set or None) as the config names them (a plain dict is checked first)."""
     from ..data.splits import load_run_data
 
-    return load_run_data(cfg)
+    return load_run_data(as_run_config(cfg))
 
 
 class _StopFlag:
@@ -87,35 +88,37 @@ class _StopFlag:
 class Trainer:
     """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``."""
 
-    def __init__(self, cfg: dict, run_dir: str | Path, *, train_set=None, eval_set=None, model: ResNetV2 | None = None,
-                 overwrite: bool = False, quiet: bool = False, announce: bool = False, dry_run: bool = False) -> None:
-        self.device = resolve_device(cfg["device"])
+    def __init__(self, cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, train_set=None, eval_set=None,
+                 model: ResNetV2 | None = None, overwrite: bool = False, quiet: bool = False, announce: bool = False,
+                 dry_run: bool = False) -> None:
+        cfg = as_run_config(cfg)  # a plain dict (recipe + flags + --set) is checked here, once
+        self.device = resolve_device(cfg.device)
         self.info = init_distributed(self.device)
         self.quiet = quiet or not self.info.is_main
         self.run_dir = Path(run_dir)
-        get_config(cfg["model"])  # an unknown name fails before any data is read
+        get_config(cfg.model)  # an unknown name fails before any data is read
         if train_set is None:
             train_set, eval_set = load_data(cfg)
         self.train_set, self.eval_set = train_set, eval_set
         self.classes = list(train_set.classes)
-        torch.manual_seed(int(cfg["seed"]))
+        torch.manual_seed(cfg.seed)
         if model is None:  # a dry run only plans: it neither downloads nor reads the weights
-            model = create_model(cfg["model"], pretrained=bool(cfg["pretrained"]) and not dry_run,
-                                 num_classes=cfg.get("num_classes") or len(self.classes),
-                                 weights=None if dry_run else cfg.get("weights"))
+            model = create_model(cfg.model, pretrained=cfg.pretrained and not dry_run,
+                                 num_classes=cfg.num_classes or len(self.classes),
+                                 weights=None if dry_run else cfg.weights)
         self.cfg = resolve(cfg, len(train_set), tuple(train_set.image_size), len(self.classes), model.pretrained_cfg)
-        if self.cfg["num_classes"] != model.num_classes:
-            model.reset_classifier(self.cfg["num_classes"])
-        if self.cfg["zero_head"]:
+        if self.cfg.num_classes != model.num_classes:
+            model.reset_classifier(self.cfg.num_classes)
+        if self.cfg.zero_head:
             model.zero_head()  # as the official fine-tuning does, also when a checkpoint's head has the right size
-        elif not (self.cfg["pretrained"] or self.cfg.get("weights")):
+        elif not (self.cfg.pretrained or self.cfg.weights):
             nn.init.normal_(model.head.conv.weight, std=0.01)
         self.announce = announce and self.info.is_main
         if self.announce or dry_run:
             lines = describe(self.cfg, len(eval_set) if eval_set is not None else None, self.device, self.info.world)
             for line in lines + warnings_for(self.cfg):
                 log.info("%s", line)
-        if not self.cfg["head_only"]:
+        if not self.cfg.head_only:
             try:
                 check_memory(self.cfg, model, self.device, self.info.world)
             except BitError as e:
@@ -127,9 +130,9 @@ class Trainer:
             self.model = model
             return
         self.model = model.to(self.device)
-        if self.cfg["channels_last"]:
+        if self.cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if self.cfg["fast_path"] and self.device.type == "cpu" and isinstance(self.model, ResNetV2):
+        if self.cfg.fast_path and self.device.type == "cpu" and isinstance(self.model, ResNetV2):
             use_fast_path(self.model)
         self.resumable = prepare_run_dir(self.run_dir, self.cfg, overwrite, self.info)
         self.train_tf, self.eval_tf = build_transforms(self.cfg)
@@ -142,17 +145,17 @@ class Trainer:
 
     def _micro_batch(self) -> int:
         c = self.cfg
-        per_rank, rem = divmod(int(c["batch_size"]), self.info.world * int(c["batch_split"]))
+        per_rank, rem = divmod(c.batch_size, self.info.world * c.batch_split)
         if rem or per_rank < 1:
-            raise BitError(f"batch_size {c['batch_size']} must divide into {self.info.world} processes x "
-                           f"batch_split {c['batch_split']} micro-batches")
+            raise BitError(f"batch_size {c.batch_size} must divide into {self.info.world} processes x "
+                           f"batch_split {c.batch_split} micro-batches")
         return per_rank
 
     def _loader(self, start: int) -> DataLoader:
         c = self.cfg
-        sampler = StepSampler(len(self.train_set), int(c["batch_size"]), int(c["seed"]), start, int(c["steps"]),
-                              self.info.rank, self.info.world)
-        workers = int(c["workers"])
+        sampler = StepSampler(len(self.train_set), c.batch_size, c.seed, start, c.steps, self.info.rank,
+                              self.info.world)
+        workers = c.workers
         return DataLoader(SeededTransform(self.train_set, self.train_tf), batch_size=self._micro_batch(),
                           sampler=sampler, num_workers=workers, persistent_workers=False,
                           prefetch_factor=4 if workers else None)
@@ -163,8 +166,7 @@ class Trainer:
             if getattr(self, "_events", None) is None:  # opened before the row lands in metrics.jsonl
                 from .tensorboard import EventLog
 
-                self._events = EventLog(self.run_dir, bool(self.cfg.get("tensorboard", True)),
-                                        getattr(self, "_first_step", 0))
+                self._events = EventLog(self.run_dir, self.cfg.tensorboard, getattr(self, "_first_step", 0))
                 self._events.start()
             with open(self.run_dir / R.METRICS, "a") as f:
                 f.write(json.dumps(row) + "\n")
@@ -190,7 +192,7 @@ class Trainer:
             state = {"optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler else None,
                      "identity": C.identity(self.cfg)}
             path = save_checkpoint(self.run_dir / R.CHECKPOINTS, loop.step, self.net.state_dict(), state,
-                                   loop.ema.state_dict() if loop.ema else None, keep=int(self.cfg["keep_checkpoints"]))
+                                   loop.ema.state_dict() if loop.ema else None, keep=self.cfg.keep_checkpoints)
         barrier(self.info)
         loop.last_ckpt = path or loop.last_ckpt
         return path
@@ -198,7 +200,7 @@ class Trainer:
     # -- the loop ---------------------------------------------------------------------------------------------
     def fit(self) -> RunResult:
         """Train to the configured number of steps (resuming from the latest checkpoint), then finish."""
-        if self.cfg["head_only"]:
+        if self.cfg.head_only:
             from .probe import fit_head
 
             return fit_head(self)
@@ -216,16 +218,16 @@ class Trainer:
 
     def _start_loop(self) -> _Loop:
         c, model = self.cfg, self.net
-        total = int(c["steps"])
+        total = c.steps
         loop = _Loop(opt=build_optimizer(model, c), total=total,
-                     schedule=build_schedule(c, max(float(c["steps_per_epoch"]), 1e-9), total),
-                     scaler=torch.amp.GradScaler(self.device.type) if c["precision"] == "fp16" else None,
-                     ema=ModelEMA(model, float(c["ema_decay"])) if c.get("ema_decay") else None)
+                     schedule=build_schedule(c, max(c.steps_per_epoch, 1e-9), total),
+                     scaler=torch.amp.GradScaler(self.device.type) if c.precision == "fp16" else None,
+                     ema=ModelEMA(model, c.ema_decay) if c.ema_decay else None)
         self._resume(loop)
         if self.info.enabled:
             self.model = DistributedDataParallel(model)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=float(c["label_smoothing"]))
-        self.mixup = MixUp(float(c["mixup"]))
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+        self.mixup = MixUp(c.mixup)
         if not self.quiet:
             from tqdm.auto import tqdm
 
@@ -255,7 +257,7 @@ class Trainer:
 
     def train_step(self, loop: _Loop) -> float:
         """One optimizer step over ``batch_split`` micro-batches; returns the mean loss over all ranks."""
-        c, split, seed = self.cfg, int(self.cfg["batch_split"]), int(self.cfg["seed"])
+        split, seed = self.cfg.batch_split, self.cfg.seed
         loop.lr = loop.schedule(loop.step)
         set_lr(loop.opt, loop.lr)
         lam = self.mixup.sample(_generator(seed, loop.step))
@@ -263,7 +265,7 @@ class Trainer:
         # Micro-batches share one standardized weight per conv (the raw weights' gradients are
         # the same); under DDP the gradients must reach the raw weights inside each backward.
         once = standardize_once(self.net) if split > 1 and not self.info.enabled else contextlib.nullcontext()
-        layout = torch.channels_last if c["channels_last"] else torch.contiguous_format
+        layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         with once:
             for micro in range(split):
                 x, y = next(loop.batches)
@@ -289,16 +291,16 @@ class Trainer:
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor, y_b: torch.Tensor, lam: float) -> torch.Tensor:
         """The training loss of one (mixed) micro-batch: cross-entropy against the mixed labels."""
-        with autocast(self.device, self.cfg["precision"]):
+        with autocast(self.device, self.cfg.precision):
             logits = self.model(x)
         return self.mixup.mixed_loss(self.criterion, logits.float(), y, y_b, lam)
 
     def _update(self, loop: _Loop) -> None:
         opt, scaler = loop.opt, loop.scaler
-        if self.cfg.get("clip_grad_norm"):
+        if self.cfg.clip_grad_norm:
             if scaler:
                 scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_(self.net.parameters(), float(self.cfg["clip_grad_norm"]))
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.clip_grad_norm)
         if scaler:
             scaler.step(opt)
             scaler.update()
@@ -319,11 +321,11 @@ class Trainer:
         loop.loss_sum, loop.loss_n = loop.loss_sum + loss, loop.loss_n + 1
         if loop.bar:
             loop.bar.update(1)
-        if step % int(c["log_every"]) == 0 or step == loop.total:
+        if step % c.log_every == 0 or step == loop.total:
             self._log_progress(loop)
-        if c["save_every"] and step % int(c["save_every"]) == 0 and step < loop.total:
+        if c.save_every and step % c.save_every == 0 and step < loop.total:
             self._save(loop)
-        if c["eval_every"] and step % int(c["eval_every"]) == 0 and step < loop.total and self.eval_set:
+        if c.eval_every and step % c.eval_every == 0 and step < loop.total and self.eval_set:
             row = self._evaluate(loop.ema)
             row.pop("_full")
             self.log_row({"step": step, **row})
@@ -346,9 +348,9 @@ class Trainer:
         net = ema.module if ema else self.net
         c = self.cfg
         eval_ds = SeededTransform(self.eval_set, self.eval_tf)
-        m = evaluate_model(net, eval_ds, int(c["num_classes"]), mode=run_mode(c["precision"]),
-                           workers=int(c["workers"]), device=self.device, info=self.info, classes=self.classes,
-                           progress=not self.quiet, reference=self.eval_reference())
+        m = evaluate_model(net, eval_ds, c.num_classes, mode=run_mode(c.precision), workers=c.workers,
+                           device=self.device, info=self.info, classes=self.classes, progress=not self.quiet,
+                           reference=self.eval_reference())
         return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
 
     def eval_reference(self) -> torch.Tensor | None:
@@ -372,7 +374,7 @@ class Trainer:
                 (self.run_dir / R.EVAL).write_text(json.dumps(full, indent=1))
                 if len(self.classes) <= 100:
                     plot_confusion(full["confusion"], self.classes, self.run_dir / R.CONFUSION_PLOT)
-        summary = {"model": self.cfg["model"], "steps": step, "n_train": len(self.train_set), **result.metrics}
+        summary = {"model": self.cfg.model, "steps": step, "n_train": len(self.train_set), **result.metrics}
         result.summary_line = one_line_summary(self.run_dir, summary)
         if self.info.is_main:
             if (self.run_dir / R.METRICS).exists():
@@ -426,7 +428,7 @@ def one_line_summary(run_dir: Path, summary: dict) -> str:
     return f"{run_dir}: {summary['model']}, {summary['steps']} steps on {summary['n_train']} images: {acc}"
 
 
-def train(cfg: dict, run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
+def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
     """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run).
 
     The plan is logged first unless ``quiet``; ``dry_run`` stops after it, writing nothing.
