@@ -74,8 +74,11 @@ def test_evaluate_and_predict(run_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_fewshot_sweep_with_scratch_baseline(tmp_path, capsys):
     out = tmp_path / "fs"
+    scratch = tmp_path / "scratch.yaml"
+    scratch.write_text("pretrained: false\noptimizer: adamw\nlr: 0.001\nlr_batch: 16\nschedule: cosine\n"
+                       "warmup_steps: 1\nsteps: 4\n")
     args = ["fewshot", "--data", "digits", "--shots", "1,2", "--seeds", "0,1", "--baseline", "scratch",
-            "--steps", "4", "--out", str(out), "--metric", "balanced_accuracy", *TINY]
+            "--scratch-recipe", str(scratch), "--steps", "4", "--out", str(out), "--metric", "balanced_accuracy", *TINY]
     assert main(args) == 0
     printed = capsys.readouterr().out
     res = json.loads((out / "results.json").read_text())

@@ -24,7 +24,8 @@ def test_claim_check_targets_and_spread():
     ks = {1: [72.0, 74.0], 5: [94.0, 94.0], 10: [97.0, 96.0]}
     scratch = {1: [50.0, 52.0], 5: [80.0, 82.0], 10: [90.0, 92.0]}
     pixels = {1: [60.0, 80.0], 5: [85.0, 85.0], 10: [90.0, 90.0]}  # k=1: its band reaches transfer's
-    checks = demo.check_claims({"transfer M": ks, "scratch": scratch, "raw-pixel LR": pixels}, "transfer M")
+    checks = demo.check_claims({"transfer M": ks, "scratch": scratch, "raw-pixel LR": pixels}, "transfer M",
+                               demo.TARGETS["digits"])
     assert checks["all_targets"] is True
     assert [v["met"] for v in checks["targets"].values()] == [True, True, True]
     assert checks["beats"]["scratch"]["1"] == {"margin": 22.0, "spread": 2.0, "beyond_spread": True}
@@ -33,9 +34,33 @@ def test_claim_check_targets_and_spread():
     lines = demo.describe_checks(checks)
     assert any("within spread" in line for line in lines)
 
-    missed = demo.check_claims({"transfer M": {1: [69.0], 5: [95.0], 10: [99.0]}}, "transfer M")
+    missed = demo.check_claims({"transfer M": {1: [69.0], 5: [95.0], 10: [99.0]}}, "transfer M",
+                               demo.TARGETS["digits"])
     assert missed["all_targets"] is False and missed["targets"]["1"]["met"] is False
     assert "MISSED" in demo.describe_checks(missed)[0]
+
+
+def test_suite_claim_needs_three_tasks_in_four_and_orders_the_upstreams():
+    def task(m: float, spread: float = 1.0) -> dict:
+        band = [m - spread, m + spread]
+        return {"transfer S": {2: [m - 3, m - 3], 5: [m - 2, m - 2]}, "transfer M": {2: band, 5: band},
+                "scratch": {2: [60.0, 60.0], 5: [60.0, 60.0]}, "raw-pixel LR": {2: [50.0, 50.0], 5: [50.0, 50.0]}}
+
+    results = {"a": task(80), "b": task(75), "c": task(60.8), "d": task(90)}  # c: 60.8 +- 1 against scratch's 60
+    checks = demo.check_suite(results, "transfer M")
+    assert checks["holds_on"] == ["a", "b", "d"] and checks["needed"] == 3 and checks["met"] is True
+    assert checks["tasks"]["c"]["margins"]["scratch"]["2"] == {"margin": 0.8, "spread": 1.0, "beyond_spread": False}
+    assert checks["tasks"]["a"]["margins"]["raw-pixel LR"]["5"]["beyond_spread"] is True
+    results["c"] = task(60.5)
+    results["b"] = task(61, spread=2.0)  # within the spread
+    checks = demo.check_suite(results, "transfer M")
+    assert checks["holds_on"] == ["a", "d"] and checks["met"] is False
+    assert checks["upstream_means"]["S"] < checks["upstream_means"]["M"] and checks["upstreams_ordered"] is True
+    lines = demo.describe_suite({"suite": checks})
+    assert "on 2 of 4 tasks" in lines[0] and "NOT MET" in lines[0]
+    assert any(line.startswith("b: not shown") and "scratch k=2" in line for line in lines)
+    assert lines[-1].startswith("upstreams, transfer averaged over tasks and k: S ") and lines[-1].endswith(
+        "(S <= M: yes)")
 
 
 def test_m_over_s_is_reported():
@@ -94,15 +119,18 @@ def test_pixel_baseline_is_deterministic_and_learns():
 
 
 def test_invalid_settings_fail_with_one_line(tmp_path, capsys):
-    with pytest.raises(BitError, match="upstream M already contains MNIST-5k"):
-        demo.run_demo(demo.DemoConfig(out=tmp_path, upstreams=("M",), downstream="mnist5k"))
-    with pytest.raises(BitError, match="unknown upstream 'L'"):
-        demo.run_demo(demo.DemoConfig(out=tmp_path, upstreams=("L",)))
+    with pytest.raises(BitError, match="upstreams M and L already contain MNIST-5k"):
+        demo.run_demo(demo.DemoConfig(out=tmp_path, upstreams=("M",), downstreams=("mnist5k",)))
+    with pytest.raises(BitError, match="unknown downstream 'letters'.*glyphs"):
+        demo.run_demo(demo.DemoConfig(out=tmp_path, downstreams=("digits", "letters")))
+    with pytest.raises(BitError, match="unknown upstream 'XL'"):
+        demo.run_demo(demo.DemoConfig(out=tmp_path, upstreams=("XL",)))
     assert main(["demo", "--upstream", "S,M", "--downstream", "mnist5k", "--out", str(tmp_path)]) == 2
     assert main(["demo", "--shots", "1,x", "--out", str(tmp_path)]) == 2
     assert main(["demo", "--baselines", "scratch,knn", "--out", str(tmp_path)]) == 2
+    assert main(["demo", "--downstream", "digits,fonts", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 4 and all(line.startswith("error: ") for line in err)
     assert not any(tmp_path.iterdir())  # nothing written
 
 
@@ -146,25 +174,43 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
 
     methods = ["transfer S", "transfer M", "scratch", "linear probe M", "raw-pixel LR"]
+    tasks = ["digits", "glyphs", "shapes", "textures"]
     table = (out / "table.md").read_text()
-    header = next(line for line in table.splitlines() if line.startswith("| k |"))
-    assert [c.strip() for c in header.strip("|").split("|")] == ["k", *methods]
+    headers = [line for line in table.splitlines() if line.startswith("| k |")]
+    assert len(headers) == len(tasks) + 1  # a table per task and the suite's mean
+    assert all([c.strip() for c in h.strip("|").split("|")] == ["k", *methods] for h in headers)
+    assert [line.split(":")[0] for line in table.splitlines() if line.startswith("### ")] == [
+        *(f"### {t}" for t in tasks), "### suite mean over 4 tasks"]
     rows = [line for line in table.splitlines() if re.match(r"\| \d+ \|", line)]
-    assert [r.split("|")[1].strip() for r in rows] == ["1", "2"]
-    assert header in printed and rows[0] in printed
+    assert [r.split("|")[1].strip() for r in rows] == ["1", "2"] * (len(tasks) + 1)
+    assert headers[0] in printed and rows[0] in printed and "beats scratch and raw-pixel LR" in printed
 
     payload = json.loads((out / "results.json").read_text())
     assert payload["metric"] == "balanced_accuracy" and payload["shots"] == [1, 2] and payload["seeds"] == [0]
-    cells = payload["cells"]
-    assert sorted((c["method"], c["k"]) for c in cells) == sorted((m, k) for m in methods for k in (1, 2))
-    for c in cells:
-        assert 0.0 <= c["balanced_accuracy"] <= 100.0
-        if c["method"] != "raw-pixel LR":
-            assert json.loads((Path(c["run"]) / "summary.json").read_text())["balanced_accuracy"] == pytest.approx(
-                c["balanced_accuracy"])
-            assert not (Path(c["run"]) / "checkpoints").exists()  # pruned once finished
-    for m in methods:  # the table shows the JSON's means
-        assert f"{np.mean(payload['results'][m]['1']):.1f} ±" in rows[0]
+    assert payload["downstreams"] == tasks and list(payload["results"]) == tasks
+    recipes = payload["methods"]  # each method's settings that differ from the engine's defaults
+    assert recipes["scratch"]["optimizer"] == "adamw" and recipes["scratch"]["pretrained"] is False
+    assert "optimizer" not in recipes["transfer M"] and recipes["transfer M"]["weights"].endswith(".safetensors")
+    assert payload["recipes"]["scratch"] == "demo_scratch"
+    for task in tasks:
+        cells = payload["cells"][task]
+        assert sorted((c["method"], c["k"]) for c in cells) == sorted((m, k) for m in methods for k in (1, 2))
+        for c in cells:
+            assert 0.0 <= c["balanced_accuracy"] <= 100.0 and c["task"] == task
+            if c["method"] != "raw-pixel LR":
+                assert json.loads((Path(c["run"]) / "summary.json").read_text())["balanced_accuracy"] == \
+                    pytest.approx(c["balanced_accuracy"])
+                assert not (Path(c["run"]) / "checkpoints").exists()  # pruned once finished
+                assert not (Path(c["run"]) / "model.safetensors").exists()  # a cell keeps its scores, not weights
+        assert (out / task / "fewshot.png").is_file() and (out / task / "table.md").is_file()
+    first_rows = rows[::2]  # the k=1 row of every table, tasks in order, then the mean
+    for task, row in zip(tasks, first_rows, strict=False):  # each table shows the JSON's means
+        for m in methods:
+            assert f"{np.mean(payload['results'][task][m]['1']):.1f} ±" in row
+    for m in methods:
+        mean = np.mean([np.mean(payload["results"][t][m]["1"]) for t in tasks])
+        assert payload["suite_mean"][m]["1"] == pytest.approx(mean, abs=0.01)
+    assert set(payload["checks"]["suite"]["tasks"]) == set(tasks)
 
     png = (out / "fewshot.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000

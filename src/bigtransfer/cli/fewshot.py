@@ -11,10 +11,14 @@ from .common import add_run_args, config_from_args, default_out, parse_ints, pos
 
 def run(args: argparse.Namespace) -> int:
     """Train every (k, seed) cell, reusing finished ones, and print the table."""
+    from ..engine.baselines import BASELINES, baseline_methods, parse_baselines, pixel_baseline
     from ..engine.fewshot import sweep
     from ..engine.trainer import load_data
 
     shots, seeds = parse_ints(args.shots, "--shots"), parse_ints(args.seeds, "--seeds")
+    baselines = parse_baselines(args.baseline)
+    methods = {"transfer": {}, **baseline_methods(baselines, {"scratch": args.scratch_recipe,
+                                                              "probe": args.probe_recipe})}
     cfg = config_from_args(args)
     cfg["shots"] = None
     eval_split = cfg.get("eval_split")
@@ -32,12 +36,11 @@ def run(args: argparse.Namespace) -> int:
             rest_context = f"no '{eval_split}' split, so each cell is scored on the rest"
             print(f"no '{eval_split}' split in {cfg['data']}: each cell is scored on the rest of its split",
                   file=sys.stderr)
-    methods = {"transfer": {}}
-    if args.baseline == "scratch":
-        methods["scratch"] = {"pretrained": False, "weights": None}
+    extra = {BASELINES["pixels"]: pixel_baseline(train_set, eval_set, args.metric, progress=not args.quiet)
+             } if "pixels" in baselines else {}
     out = Path(args.out) if args.out else default_out(cfg, "fewshot-")
-    sweep(cfg, shots, seeds, out, train_set, eval_set, methods, args.metric, progress=not args.quiet,
-          rest_context=rest_context, jobs=args.processes)
+    sweep(cfg, shots, seeds, out, train_set, eval_set, methods, args.metric, progress=not args.quiet, extra=extra,
+          rest_context=rest_context, jobs=args.processes, keep="weights" if args.keep_weights else "results")
     print((out / "table.md").read_text())
     print(f"results: {out / 'results.json'}\nplot:    {out / 'fewshot.png'}")
     return 0
@@ -48,7 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_args(p, "hyperrule")
     p.add_argument("--shots", default="1,2,5,10", help="examples per class, comma-separated")
     p.add_argument("--seeds", default="0,1,2", help="sampling seeds, comma-separated")
-    p.add_argument("--baseline", choices=["scratch"], help="also train the same network from scratch")
+    p.add_argument("--baseline", default="", metavar="NAMES",
+                   help="baselines beside transfer, comma-separated: scratch (the same network from random weights, "
+                        "with the scratch recipe), probe (a linear classifier on the frozen features, with the probe "
+                        "recipe), pixels (logistic regression on raw pixels); e.g. --baseline scratch,probe,pixels")
+    p.add_argument("--scratch-recipe", default="scratch", help="recipe of the scratch baseline (default: scratch)")
+    p.add_argument("--probe-recipe", default="probe", help="recipe of the probe baseline (default: probe)")
+    p.add_argument("--keep-weights", action="store_true",
+                   help="keep each finished cell's final weights (by default a cell keeps its scores and config)")
     p.add_argument("--metric", default="top1", choices=["top1", "balanced_accuracy"])
     p.add_argument("--processes", type=positive_int, default=1,
                    help="cells trained side by side, each on its share of the cores (default 1)")

@@ -1,9 +1,11 @@
-"""The offline demo: pre-train small BiT upstreams on real packaged data, then few-shot transfer to another set.
+"""The offline demo: pre-train small BiT upstreams on real packaged data, then few-shot transfer to a suite of tasks.
 
 Upstream "S" is Fashion-MNIST (60k images, 10 classes); upstream "M" adds the MNIST-5k digits (65k, 20 classes),
-the offline analogue of BiT-S against BiT-M. Downstream is scikit-learn's 8x8 digits at k examples per class,
-against the same network from scratch, logistic regression on raw pixels and a linear probe on frozen features.
-Every few-shot cell runs on the engine's sweep (``engine.fewshot.sweep``), as ``bit fewshot`` does.
+the offline analogue of BiT-S against BiT-M; "L" adds 60k formula-driven fractal images of 100 more classes.
+Downstream is a suite of four tasks from distinct domains (digit scans, printed letters, shapes, textures; see
+``tasks.py``) at k examples per class, each against baselines with recipes of their own: the same network from
+scratch, a linear probe on frozen features and logistic regression on raw pixels. Every few-shot cell runs on the
+engine's sweep (``engine.fewshot.sweep_tasks``), as ``bit fewshot`` does.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engine import config as C
 from ..errors import BitError
 from .config import (
     BASELINES,
     DOWNSTREAMS,
     METRIC,
     PIXELS,
+    PROBE,
     SCRATCH,
     TARGETS,
     UPSTREAMS,
@@ -40,7 +44,7 @@ from .data import (
     upstream_data,
     zoom_stretch,
 )
-from .report import check_claims, describe_checks, results_payload, write_report
+from .report import check_claims, check_suite, describe_checks, describe_suite, results_payload, write_report
 from .upstream import (
     Upstream,
     _recipe,
@@ -52,73 +56,86 @@ from .upstream import (
     upstream_steps,
 )
 
-__all__ = ["BASELINES", "DOWNSTREAMS", "METRIC", "PIXELS", "SCRATCH", "TARGETS", "UPSTREAMS", "DemoConfig",
-           "DemoResult", "Upstream", "balance_classes", "cache_root", "check_claims", "dependencies",
-           "describe_checks", "downstream_data", "fashion_mnist", "low_resolution", "pixel_baseline",
-           "pretrain_upstream", "probe_name", "quick_config", "run_all", "run_demo", "transfer_name",
-           "upstream_config", "upstream_data", "upstream_dir", "upstream_key", "upstream_steps", "zoom_stretch"]
+__all__ = ["BASELINES", "DOWNSTREAMS", "METRIC", "PIXELS", "PROBE", "SCRATCH", "TARGETS", "UPSTREAMS", "DemoConfig",
+           "DemoResult", "Upstream", "balance_classes", "best_upstream", "cache_root", "check_claims", "check_suite",
+           "dependencies", "describe_checks", "describe_suite", "downstream_data", "fashion_mnist", "low_resolution",
+           "pixel_baseline", "pretrain_upstream", "probe_name", "quick_config", "run_all", "run_demo",
+           "transfer_name", "upstream_config", "upstream_data", "upstream_dir", "upstream_key", "upstream_steps",
+           "zoom_stretch"]
 
 
 @dataclass
 class DemoResult:
     out: Path
     table: str
-    results: dict[str, dict[int, list[float]]]
+    results: dict[str, dict[str, dict[int, list[float]]]]  # task -> method -> k -> one score per seed
     checks: dict
     upstreams: dict[str, Upstream]
     paths: dict[str, Path]
     seconds: float
 
 
+def best_upstream(kinds) -> str:
+    """The largest of the upstreams asked for (M over S)."""
+    return max(kinds, key=list(UPSTREAMS).index)
+
+
 def _methods(cfg: DemoConfig, backbones: dict[str, Path]) -> tuple[dict[str, dict], dict[str, set[str]]]:
     """Method name -> the engine config of its few-shot cells, and the upstreams each method needs."""
-    base = {**_recipe(cfg.finetune_recipe, cfg.finetune_overrides, "fine-tune overrides"), "data": cfg.downstream}
+    base = _recipe(cfg.finetune_recipe, cfg.finetune_overrides, "fine-tune overrides")
     methods = {transfer_name(k): {**base, "pretrained": True, "weights": str(b)} for k, b in backbones.items()}
     needs = {transfer_name(k): {k} for k in backbones}
     if SCRATCH in cfg.baselines:
-        methods[SCRATCH] = {**base, "pretrained": False, "weights": None}
+        scratch = _recipe(cfg.scratch_recipe, cfg.scratch_overrides, "scratch overrides")
+        methods[SCRATCH] = {**scratch, "pretrained": False, "weights": None}
         needs[SCRATCH] = set()
-    if "linear probe" in cfg.baselines:
-        kind = "M" if "M" in backbones else next(iter(backbones))
+    if PROBE in cfg.baselines:
+        kind = best_upstream(backbones)
         probe = _recipe(cfg.probe_recipe, cfg.probe_overrides, "probe overrides")
-        methods[probe_name(kind)] = {**probe, "data": cfg.downstream, "pretrained": True, "head_only": True,
-                                     "weights": str(backbones[kind])}
+        methods[probe_name(kind)] = {**probe, "pretrained": True, "head_only": True, "weights": str(backbones[kind])}
         needs[probe_name(kind)] = {kind}
     return methods, needs
 
 
-@functools.lru_cache(maxsize=2)
-def _downstream(name: str):
-    return downstream_data(name)
+@functools.lru_cache(maxsize=8)
+def _downstream(name: str, per_class: int = 150):
+    return downstream_data(name, per_class)
 
 
-def run_all(cfg: DemoConfig, methods: dict[str, dict], needs: dict[str, set[str]], folder: Path,
-            processes: int) -> tuple[dict[str, Upstream], dict[str, dict[int, list[float]]], list[dict]]:
-    """Pre-train the upstreams and run every (method, k, seed) cell; returns (upstreams, results, rows).
+def run_all(cfg: DemoConfig, methods: dict[str, dict], needs: dict[str, set[str]], folder: Path, processes: int
+            ) -> tuple[dict[str, Upstream], dict[str, dict[str, dict[int, list[float]]]], dict[str, list[dict]]]:
+    """Pre-train the upstreams and run every (task, method, k, seed) cell; returns (upstreams, results, rows), the
+    last two per task.
 
-    With several processes, both upstreams train side by side and each cell starts as soon as the upstream it
-    needs is ready (scratch cells at once); finished cells and the quick pixel baseline run here.
+    With several processes, the upstreams train side by side and each cell starts as soon as the upstream it needs
+    is ready (scratch cells at once); finished cells and the quick pixel baseline run here.
     """
-    from ..engine.fewshot import sweep
+    from ..engine.fewshot import Task, sweep_tasks
 
-    data = _downstream(cfg.downstream)
-    extra = {PIXELS: pixel_baseline(data)} if PIXELS in cfg.baselines else {}
-    res = sweep({}, cfg.shots, cfg.seeds, folder, data, None, methods, METRIC, cfg.progress, extra, jobs=processes,
-                needs=needs, upstreams=dependencies(cfg), keep="weights" if cfg.keep_weights else "results",
-                report=False)
-    return res.upstreams, res.results, res.cells
+    tasks = {}
+    for name in cfg.downstreams:
+        data = _downstream(name, cfg.task_images)
+        extra = {PIXELS: pixel_baseline(data)} if PIXELS in cfg.baselines else {}
+        tasks[name] = Task(data, None, extra, {"data": name})
+    res = sweep_tasks({}, cfg.shots, cfg.seeds, folder, tasks, methods, METRIC, cfg.progress, jobs=processes,
+                      needs=needs, upstreams=dependencies(cfg), keep="weights" if cfg.keep_weights else "results")
+    ups = next(iter(res.values())).upstreams
+    return ups, {t: r.results for t, r in res.items()}, {t: r.cells for t, r in res.items()}
 
 
 def _validate(cfg: DemoConfig) -> None:
     if not cfg.upstreams:
-        raise BitError("no upstream to pre-train: pass --upstream S, M or S,M")
+        raise BitError("no upstream to pre-train: pass --upstream S, M, L or a list such as S,M")
     for kind in cfg.upstreams:
         if kind not in UPSTREAMS:
-            raise BitError(f"unknown upstream '{kind}': choose S (Fashion-MNIST) or M (Fashion-MNIST + MNIST-5k)")
-    if cfg.downstream not in DOWNSTREAMS:
-        raise BitError(f"unknown downstream '{cfg.downstream}': choose {' or '.join(DOWNSTREAMS)}")
-    if cfg.downstream == "mnist5k" and "M" in cfg.upstreams:
-        raise BitError("upstream M already contains MNIST-5k, so transfer to it would test on training images; "
+            raise BitError(f"unknown upstream '{kind}': choose from S (Fashion-MNIST), M (+ MNIST-5k), L (+ fractals)")
+    if not cfg.downstreams:
+        raise BitError(f"no downstream task: pass --downstream with some of {', '.join(DOWNSTREAMS)}")
+    for name in cfg.downstreams:
+        if name not in DOWNSTREAMS:
+            raise BitError(f"unknown downstream '{name}': choose from {', '.join(DOWNSTREAMS)}")
+    if "mnist5k" in cfg.downstreams and {"M", "L"} & set(cfg.upstreams):
+        raise BitError("upstreams M and L already contain MNIST-5k, so transfer to it would test on training images; "
                        "use --upstream S with --downstream mnist5k")
     unknown = sorted(set(cfg.baselines) - set(BASELINES))
     if unknown:
@@ -128,20 +145,25 @@ def _validate(cfg: DemoConfig) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> DemoResult:
-    """Pre-train (or reuse) the upstreams, run every few-shot cell, and write the table, plot and JSON."""
+    """Pre-train (or reuse) the upstreams, run every few-shot cell of every task, and write tables, plots, JSON."""
     _validate(cfg)
     start, cpu_start = time.perf_counter(), time.process_time()
-    _downstream(cfg.downstream)  # fails early (missing scikit-learn / mlxtend) before any training
+    for name in cfg.downstreams:
+        _downstream(name, cfg.task_images)  # fails early (missing scikit-learn / mlxtend) before any training
     processes = cfg.processes or min(2, os.cpu_count() or 1)
     backbones = {k: upstream_dir(cfg, k) / "backbone.safetensors" for k in UPSTREAMS if k in cfg.upstreams}
     methods, needs = _methods(cfg, backbones)
-    folder = cfg.out / "cells" / _hash({"downstream": cfg.downstream, "methods": methods})  # new recipe, new cells
+    folder = cfg.out / "cells" / _hash({"methods": methods, "task_images": cfg.task_images})  # new recipe, new cells
     ups, results, rows = run_all(cfg, methods, needs, folder, processes)
 
-    checks = check_claims(results, transfer_name("M") if "M" in ups else transfer_name(next(iter(ups))))
+    best = transfer_name(best_upstream(ups))
+    checks = {"tasks": {t: check_claims(r, best, TARGETS.get(t, {})) for t, r in results.items()}}
+    checks["suite"] = check_suite(results, best)
     table, paths = write_report(cfg, results, checks)
     seconds = time.perf_counter() - start
-    payload = {**results_payload(cfg, results, rows, checks, ups), "cells_dir": str(folder), "processes": processes,
+    recipes = {m: {k: v for k, v in c.items() if C.DEFAULTS.get(k, k) != v} for m, c in methods.items()}
+    payload = {**results_payload(cfg, results, rows, checks, ups, recipes), "cells_dir": str(folder),
+               "processes": processes,
                "seconds": {"total": round(seconds, 1), "cpu_this_process": round(time.process_time() - cpu_start, 1)}}
     paths["json"].write_text(json.dumps(payload, indent=1))
     return DemoResult(cfg.out, table, results, checks, ups, paths, seconds)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BitError
-from .config import DOWNSTREAMS, UPSTREAMS, cache_root
+from .config import DOWNSTREAMS, UPSTREAM_SIZES, UPSTREAMS, cache_root
 
 
 def _subset(ds, n: int | None, seed: int = 0):
@@ -104,17 +104,27 @@ def fashion_mnist(split: str, home: Path | None = None):
 
 def upstream_data(kind: str, images: int | None = None, eval_images: int | None = None, home: Path | None = None,
                   low_res: tuple[int, int] | None = None, zoom: tuple[float, float] | None = None,
-                  stretch: float = 1.0, balance: bool = False):
-    """(train set, Fashion-MNIST test set labelled in the same classes or None) of upstream ``kind``."""
+                  stretch: float = 1.0, balance: bool = False, fractals: tuple[int, int] = (100, 600)):
+    """(train set, Fashion-MNIST test set labelled in the same classes or None) of upstream ``kind``.
+
+    L is M (balanced as M is) followed by ``fractals`` = (classes, images per class) of IFS fractals, each image once.
+    """
     from ..data import ArrayDataset, concat_datasets, load_mnist5k
 
     if kind not in UPSTREAMS:
-        raise BitError(f"unknown upstream '{kind}': choose S (Fashion-MNIST) or M (Fashion-MNIST + MNIST-5k)")
+        raise BitError(f"unknown upstream '{kind}': choose from {', '.join(UPSTREAMS)}")
     fashion = fashion_mnist("train", home)
     train = fashion if kind == "S" else concat_datasets([fashion, load_mnist5k()], name="fashion-mnist+mnist5k")
-    train = _subset(train, images)
+    share = 1.0 if images is None else min(1.0, images / UPSTREAM_SIZES[kind])
+    train = _subset(train, None if images is None else round(share * len(train)))
     if balance:
         train = balance_classes(train)
+    if kind == "L":
+        from .fractals import fractals as make_fractals
+
+        classes, per_class = fractals
+        extra = make_fractals(classes, max(1, round(share * per_class)))
+        train = concat_datasets([train, extra], name="fashion-mnist+mnist5k+fractals")
     if zoom or stretch > 1:
         train = zoom_stretch(train, zoom or (1.0, 1.0), stretch)
     if low_res:
@@ -126,33 +136,20 @@ def upstream_data(kind: str, images: int | None = None, eval_images: int | None 
     return train, test
 
 
-def downstream_data(name: str):
-    """The downstream set (one split; each few-shot cell is scored on the images it did not train on)."""
-    from ..data import load_digits, load_mnist5k
+def downstream_data(name: str, per_class: int = 150):
+    """A downstream task (one split; each few-shot cell is scored on the images it did not train on)."""
+    from ..data import load_mnist5k
+    from .tasks import task_data
 
-    if name == "digits":
-        return load_digits()
     if name == "mnist5k":
         return load_mnist5k()
-    raise BitError(f"unknown downstream '{name}': choose {' or '.join(DOWNSTREAMS)}")
-
+    if name not in DOWNSTREAMS:
+        raise BitError(f"unknown downstream '{name}': choose from {', '.join(DOWNSTREAMS)}")
+    return task_data(name, per_class)
 
 
 def pixel_baseline(dataset) -> Callable[[int, int], float]:
     """Balanced accuracy (%) of logistic regression on raw pixels, trained on the (k, seed) few-shot split."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import balanced_accuracy_score
+    from ..engine.baselines import pixel_baseline as baseline
 
-    from ..data import fewshot_indices
-
-    x = dataset.images.reshape(len(dataset), -1).astype(np.float64) / 255.0
-    y = dataset.targets
-
-    def score(k: int, seed: int) -> float:
-        chosen = fewshot_indices(y, int(k), int(seed), dataset.classes)
-        rest = np.setdiff1d(np.arange(len(y)), chosen, assume_unique=True)
-        clf = LogisticRegression(max_iter=2000).fit(x[chosen], y[chosen])
-        return 100.0 * float(balanced_accuracy_score(y[rest], clf.predict(x[rest])))
-
-    return score
-
+    return baseline(dataset, metric="balanced_accuracy")

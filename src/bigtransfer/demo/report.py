@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 
-from .config import METRIC, PIXELS, SCRATCH, TARGETS, UPSTREAMS, DemoConfig, transfer_name
+from .config import CLAIM_SHOTS, DOWNSTREAMS, METRIC, PIXELS, SCRATCH, UPSTREAMS, DemoConfig, transfer_name
+
+Curves = dict[str, dict[int, list[float]]]  # method -> k -> one score per seed
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values))
 
 
-def check_claims(results: dict[str, dict[int, list[float]]], main: str) -> dict:
+def _beyond(main: Sequence[float], base: Sequence[float]) -> dict:
+    (m, s), (bm, bs) = _stats(main), _stats(base)
+    return {"margin": round(m - bm, 2), "spread": round(s + bs, 2), "beyond_spread": bool(m - bm > s + bs)}
+
+
+def check_claims(results: Curves, main: str, targets: dict[int, float] | None = None) -> dict:
     """Targets for ``main`` and its margins over each baseline against the seed spread (mean +- std bands)."""
     out: dict = {"method": main, "targets": {}, "beats": {}, "all_targets": True, "beats_all": True}
-    for k, target in TARGETS.items():
+    for k, target in (targets or {}).items():
         if k in results[main]:
             mean, _ = _stats(results[main][k])
             ok = mean >= target
@@ -25,12 +33,8 @@ def check_claims(results: dict[str, dict[int, list[float]]], main: str) -> dict:
     for base in (SCRATCH, PIXELS):
         if base not in results:
             continue
-        rows = {}
-        for k in results[main]:
-            (m, s), (bm, bs) = _stats(results[main][k]), _stats(results[base][k])
-            beyond = m - bm > s + bs  # the +-1 std bands do not overlap
-            rows[str(k)] = {"margin": round(m - bm, 2), "spread": round(s + bs, 2), "beyond_spread": beyond}
-            out["beats_all"] &= beyond
+        rows = {str(k): _beyond(results[main][k], results[base][k]) for k in results[main]}  # +-1 std bands apart
+        out["beats_all"] &= all(r["beyond_spread"] for r in rows.values())
         out["beats"][base] = rows
     s_name, m_name = transfer_name("S"), transfer_name("M")
     if s_name in results and m_name in results:
@@ -57,34 +61,112 @@ def describe_checks(checks: dict) -> list[str]:
 
 
 
-def write_report(cfg: DemoConfig, results: dict[str, dict[int, list[float]]], checks: dict) -> tuple[str, dict]:
-    """Write ``table.md`` (the table and the claim check) and ``fewshot.png`` into ``cfg.out``; (table, paths)."""
-    from ..engine.fewshot import METRIC_NAMES, format_table
-    from ..engine.plots import plot_fewshot
+def suite_means(results: dict[str, Curves]) -> Curves:
+    """Method -> k -> the task means (one per task that ran it): the suite's average at a glance."""
+    methods = list(dict.fromkeys(m for r in results.values() for m in r))
+    shots = sorted({k for r in results.values() for c in r.values() for k in c})
+    return {m: {k: [float(np.mean(r[m][k])) for r in results.values() if r.get(m, {}).get(k)] for k in shots}
+            for m in methods}
 
-    table = format_table(results, METRIC)
-    title = f"BiT few-shot transfer to {cfg.downstream} ({len(cfg.seeds)} seeds)"
-    paths = {"table": cfg.out / "table.md", "plot": cfg.out / "fewshot.png", "json": cfg.out / "results.json"}
+
+def check_suite(results: dict[str, Curves], main: str, shots: Sequence[int] = CLAIM_SHOTS) -> dict:
+    """The suite's claim: ``main`` beats scratch and raw-pixel LR beyond the seed spread at every k of ``shots`` on
+    at least three tasks in four; and the upstreams' order, averaged over tasks and k."""
+    tasks = {}
+    for task, curves in results.items():
+        ks = [k for k in shots if k in curves.get(main, {})]
+        margins = {b: {str(k): _beyond(curves[main][k], curves[b][k]) for k in ks} for b in (SCRATCH, PIXELS)
+                   if b in curves}
+        holds = bool(ks) and bool(margins) and all(v["beyond_spread"] for r in margins.values() for v in r.values())
+        tasks[task] = {"holds": holds, "margins": margins}
+    shots = [k for k in shots if any(k in c.get(main, {}) for c in results.values())]
+    needed = math.ceil(0.75 * len(results))
+    held = sorted(t for t, v in tasks.items() if v["holds"])
+    means = suite_means(results)
+    upstream = {kind: round(float(np.mean([v for vals in means[transfer_name(kind)].values() for v in vals])), 2)
+                for kind in UPSTREAMS if transfer_name(kind) in means}
+    order = list(upstream.values())
+    return {"method": main, "shots": list(shots), "tasks": tasks, "holds_on": held, "needed": needed,
+            "met": len(held) >= needed, "upstream_means": upstream,
+            "upstreams_ordered": all(a <= b for a, b in zip(order, order[1:], strict=False))}
+
+
+def describe_suite(checks: dict) -> list[str]:
+    """The suite's claim check as printable lines."""
+    s = checks["suite"]
+    ks = " and ".join(f"k={k}" for k in s["shots"]) or "the claim's k (2 and 5: none ran)"
+    lines = [f"{s['method']} beats scratch and raw-pixel LR beyond the seed spread at {ks} on {len(s['holds_on'])} "
+             f"of {len(s['tasks'])} tasks ({', '.join(s['holds_on']) or 'none'}; needed {s['needed']}): "
+             f"{'ok' if s['met'] else 'NOT MET'}"]
+    for task, v in s["tasks"].items():
+        if not v["holds"]:
+            short = [f"{b} k={k} {r['margin']:+.1f} vs spread {r['spread']:.1f}" for b, rows in v["margins"].items()
+                     for k, r in rows.items() if not r["beyond_spread"]]
+            lines.append(f"{task}: not shown ({'; '.join(short) or 'no baseline or k to compare'})")
+    if s["upstream_means"]:
+        means = ", ".join(f"{k} {v:.1f}" for k, v in s["upstream_means"].items())
+        order = " <= ".join(s["upstream_means"])
+        lines.append(f"upstreams, transfer averaged over tasks and k: {means} "
+                     f"({order}: {'yes' if s['upstreams_ordered'] else 'NO'})")
+    return lines
+
+
+def _task_table(task: str, curves: Curves, checks: dict, seeds: int) -> str:
+    from ..engine.fewshot import format_table
+
+    title = f"### {task}: {DOWNSTREAMS.get(task, task)} ({seeds} seed{'s' if seeds != 1 else ''})"
+    lines = "".join(f"- {line}\n" for line in describe_checks(checks))
+    return f"{title}\n\n{format_table(curves, METRIC)}\n{lines}"
+
+
+def write_report(cfg: DemoConfig, results: dict[str, Curves], checks: dict) -> tuple[str, dict]:
+    """Write ``table.md`` (a table per task, the suite's mean and the claim check), ``fewshot.png`` (a panel per
+    task and the mean) and each task's own table and plot into ``cfg.out``; returns (table, paths)."""
+    from ..engine.fewshot import METRIC_NAMES, format_table
+    from ..engine.plots import plot_fewshot, plot_fewshot_panels
+
     cfg.out.mkdir(parents=True, exist_ok=True)
-    paths["table"].write_text(f"{title}\n\n{table}\n" + "".join(f"- {line}\n" for line in describe_checks(checks)))
-    plot_fewshot(results, paths["plot"], METRIC_NAMES[METRIC], title=title)
+    paths = {"table": cfg.out / "table.md", "plot": cfg.out / "fewshot.png", "json": cfg.out / "results.json"}
+    parts = []
+    for task, curves in results.items():
+        part = _task_table(task, curves, checks["tasks"][task], len(cfg.seeds))
+        (cfg.out / task).mkdir(exist_ok=True)
+        (cfg.out / task / "table.md").write_text(part)
+        plot_fewshot(curves, cfg.out / task / "fewshot.png", METRIC_NAMES[METRIC], title=f"transfer to {task}")
+        parts.append(part)
+    means = suite_means(results)
+    mean_table = format_table(means, METRIC).replace("over seeds", "over the tasks' means")
+    summary = f"### suite mean over {len(results)} tasks\n\n{mean_table}\n" + "".join(
+        f"- {line}\n" for line in describe_suite(checks))
+    table = "\n".join([*parts, summary])
+    title = f"BiT few-shot transfer suite ({len(results)} tasks, {len(cfg.seeds)} seeds)"
+    paths["table"].write_text(f"# {title}\n\n{table}")
+    panels = {**results, "mean over tasks": means} if len(results) > 1 else results
+    plot_fewshot_panels(panels, paths["plot"], METRIC_NAMES[METRIC], title=title)
     return table, paths
 
 
-def results_payload(cfg: DemoConfig, results: dict[str, dict[int, list[float]]], rows: list[dict], checks: dict,
-                    ups: dict) -> dict:
-    """What ``results.json`` records: every cell, the means, the checks, the upstream runs and the recipes."""
+def results_payload(cfg: DemoConfig, results: dict[str, Curves], rows: dict[str, list[dict]], checks: dict,
+                    ups: dict, methods: dict[str, dict]) -> dict:
+    """What ``results.json`` records: per task every cell and the means, the checks, the upstream runs and every
+    method's recipe (the settings its cells ran with)."""
     return {
-        "metric": METRIC, "downstream": cfg.downstream, "shots": list(cfg.shots), "seeds": list(cfg.seeds),
-        "results": {m: {str(k): v for k, v in r.items()} for m, r in results.items()},
-        "summary": {m: {str(k): dict(zip(("mean", "std"), _stats(v), strict=True)) for k, v in r.items()}
-                    for m, r in results.items()},
+        "metric": METRIC, "downstreams": list(cfg.downstreams), "shots": list(cfg.shots), "seeds": list(cfg.seeds),
+        "results": {t: {m: {str(k): v for k, v in r.items()} for m, r in curves.items()} for t, curves in
+                    results.items()},
+        "summary": {t: {m: {str(k): dict(zip(("mean", "std"), _stats(v), strict=True)) for k, v in r.items() if v}
+                        for m, r in curves.items()} for t, curves in results.items()},
+        "suite_mean": {m: {str(k): round(float(np.mean(v)), 2) for k, v in r.items() if v}
+                       for m, r in suite_means(results).items()},
         "cells": rows, "checks": checks,
         "upstreams": {k: {"description": UPSTREAMS[k], "run_dir": str(u.run_dir), "cached": u.cached,
                           "seconds": round(u.seconds, 1), "summary": u.summary} for k, u in ups.items()},
-        "recipes": {"upstream": cfg.upstream_recipe, "finetune": cfg.finetune_recipe, "probe": cfg.probe_recipe,
-                    "upstream_overrides": cfg.upstream_overrides, "finetune_overrides": cfg.finetune_overrides,
+        "methods": {**methods, PIXELS: {"classifier": "logistic regression on raw pixels / 255"}},
+        "recipes": {"upstream": cfg.upstream_recipe, "finetune": cfg.finetune_recipe, "scratch": cfg.scratch_recipe,
+                    "probe": cfg.probe_recipe, "upstream_overrides": cfg.upstream_overrides,
+                    "finetune_overrides": cfg.finetune_overrides, "scratch_overrides": cfg.scratch_overrides,
                     "probe_overrides": cfg.probe_overrides, "upstream_images": cfg.upstream_images,
                     "upstream_low_res": cfg.upstream_low_res, "upstream_zoom": cfg.upstream_zoom,
-                    "upstream_stretch": cfg.upstream_stretch, "upstream_balance": cfg.upstream_balance},
+                    "upstream_stretch": cfg.upstream_stretch, "upstream_balance": cfg.upstream_balance,
+                    "task_images": cfg.task_images},
     }

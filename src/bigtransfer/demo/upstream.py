@@ -42,7 +42,7 @@ def _recipe(name: str, overrides: dict, source: str) -> dict:
 
 def upstream_config(cfg: DemoConfig, kind: str) -> dict:
     """The engine config that pre-trains upstream ``kind``."""
-    data = "fashion-mnist" if kind == "S" else "fashion-mnist+mnist5k"
+    data = {"S": "fashion-mnist", "M": "fashion-mnist+mnist5k", "L": "fashion-mnist+mnist5k+fractals"}[kind]
     return {**_recipe(cfg.upstream_recipe, cfg.upstream_overrides, "upstream overrides"), "data": data}
 
 
@@ -52,10 +52,11 @@ def upstream_key(cfg: DemoConfig, kind: str) -> str:
     The recipe enters by its run identity, which leaves out settings at their default: a setting added to the engine
     later keeps cached upstreams valid.
     """
+    fractals = {"fractals": [cfg.fractal_classes, cfg.fractal_images]} if kind == "L" else {}
     return _hash({"upstream": kind, "images": cfg.upstream_images, "eval_images": cfg.upstream_eval_images,
                   "low_res": list(cfg.upstream_low_res or []), "zoom": list(cfg.upstream_zoom or []),
                   "stretch": cfg.upstream_stretch, "balance": cfg.upstream_balance,
-                  "config": C.identity(upstream_config(cfg, kind))})
+                  "config": C.identity(upstream_config(cfg, kind)), **fractals})
 
 
 
@@ -104,7 +105,7 @@ def pretrain_upstream(cfg: DemoConfig, kind: str, quiet: bool | None = None) -> 
         log.info("pre-training upstream %s: %s -> %s", kind, UPSTREAMS[kind], run_dir)
         train_set, eval_set = upstream_data(kind, cfg.upstream_images, cfg.upstream_eval_images, cfg.home,
                                             cfg.upstream_low_res, cfg.upstream_zoom, cfg.upstream_stretch,
-                                            cfg.upstream_balance)
+                                            cfg.upstream_balance, (cfg.fractal_classes, cfg.fractal_images))
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "demo-upstream.json").write_text(json.dumps(
             {"upstream": kind, "description": UPSTREAMS[kind], "images": len(train_set),

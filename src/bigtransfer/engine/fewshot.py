@@ -9,7 +9,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +129,10 @@ class Dependency:
     label: str = ""
 
 
-_DATA: tuple = (None, None)  # a worker's (train set, eval set), sent once when it starts
+_DATA: dict[str, tuple] = {}  # a worker's (train set, eval set) of every task, sent once when it starts
 
 
-def _init_worker(threads: int, parent: int, data: tuple) -> None:
+def _init_worker(threads: int, parent: int, data: dict[str, tuple]) -> None:
     import threading
 
     import torch
@@ -150,8 +150,8 @@ def _init_worker(threads: int, parent: int, data: tuple) -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _worker_cell(cfg: dict, cell: Path, keep: str) -> dict:
-    return run_cell(cfg, cell, *_DATA, keep=keep)
+def _worker_cell(cfg: dict, cell: Path, keep: str, task: str = "") -> dict:
+    return run_cell(cfg, cell, *_DATA[task], keep=keep)
 
 
 def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
@@ -167,9 +167,9 @@ class Workers:
     that runs a parallel sweep needs the ``if __name__ == "__main__":`` guard.
     """
 
-    def __init__(self, processes: int, data: tuple = (None, None)) -> None:
+    def __init__(self, processes: int, data: dict[str, tuple] | None = None) -> None:
         self.processes = max(1, int(processes))
-        self.data = data
+        self.data = data or {}
         self._ex = None
 
     def submit(self, fn: Callable, *args, **kwargs):
@@ -212,6 +212,20 @@ class _Cell:
     cfg: dict | None = None  # an engine cell's config; None for a method computed by a function of (k, seed)
     run_dir: Path | None = None
     needs: frozenset[str] = frozenset()
+    task: str = ""
+    fn: Callable[[int, int], float] | None = None
+
+
+@dataclass
+class Task:
+    """One downstream data set of a sweep: its sets, its methods computed by a function of (k, seed), and the
+    settings its engine cells add to the sweep's (e.g. its ``data`` spec, which enters the cells' identity)."""
+
+    train_set: Any
+    eval_set: Any = None
+    extra: dict[str, Callable[[int, int], float]] = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    rest_context: str = "eval_split rest"
 
 
 @dataclass
@@ -222,20 +236,20 @@ class SweepResult:
     results: dict[str, dict[int, list[float]]]
     cells: list[dict]
     upstreams: dict[str, Any]
+    methods: dict[str, dict] = field(default_factory=dict)  # what each method lays over the sweep's config
 
     def payload(self, shots: Sequence[int], seeds: Sequence[int]) -> dict:
         return {"metric": self.metric, "shots": list(shots), "seeds": list(seeds),
                 "results": {m: {str(k): v for k, v in r.items()} for m, r in self.results.items()},
-                "cells": self.cells}
+                "methods": self.methods, "cells": self.cells}
 
 
 class _Scheduler:
     """Runs the cells, here or in workers, each as soon as the dependencies it needs are made."""
 
-    def __init__(self, cells: list[_Cell], data: tuple, extra: dict[str, Callable[[int, int], float]],
-                 upstreams: dict[str, Dependency], metric: str, keep: str, workers: Workers | None,
-                 progress: bool) -> None:
-        self.cells, self.data, self.extra, self.upstreams = cells, data, extra, upstreams
+    def __init__(self, cells: list[_Cell], data: dict[str, tuple], upstreams: dict[str, Dependency], metric: str,
+                 keep: str, workers: Workers | None, progress: bool) -> None:
+        self.cells, self.data, self.upstreams = cells, data, upstreams
         self.metric, self.keep, self.workers, self.progress = metric, keep, workers, progress
         self.made: dict[str, Any] = {}
         self.rows: dict[_Cell, dict] = {}
@@ -284,14 +298,15 @@ class _Scheduler:
         from concurrent.futures import FIRST_COMPLETED, wait
 
         # Decided once, before any worker can finish a cell: finished cells and functions of (k, seed) run here.
-        local = [c for c in self.cells if c.cfg is None or _cached(c.run_dir, request_key(c.cfg, *self.data))]
+        local = [c for c in self.cells
+                 if c.cfg is None or _cached(c.run_dir, request_key(c.cfg, *self.data[c.task]))]
         here = set(local)
         remote = [c for c in self.cells if c not in here]
         cell_futures: dict = {}
 
         def submit_ready() -> set:
             ready = [c for c in remote if c.needs <= set(self.made)]
-            new = {self.workers.submit(_worker_cell, c.cfg, c.run_dir, self.keep): c for c in ready}
+            new = {self.workers.submit(_worker_cell, c.cfg, c.run_dir, self.keep, c.task): c for c in ready}
             remote[:] = [c for c in remote if c not in ready]
             cell_futures.update(new)
             return set(new)
@@ -317,14 +332,14 @@ class _Scheduler:
             self.up_bar.update(steps - self.up_bar.n)
 
     def _local(self, cell: _Cell) -> None:
-        self.bar.set_postfix_str(f"{cell.method} k={cell.k} seed={cell.seed}")
+        self.bar.set_postfix_str(f"{_label(cell)} k={cell.k} seed={cell.seed}")
         if cell.cfg is None:
-            self._record(cell, *_timed(self.extra[cell.method], cell.k, cell.seed))
+            self._record(cell, *_timed(cell.fn, cell.k, cell.seed))
         else:
-            self._record(cell, *_timed(run_cell, cell.cfg, cell.run_dir, *self.data, keep=self.keep))
+            self._record(cell, *_timed(run_cell, cell.cfg, cell.run_dir, *self.data[cell.task], keep=self.keep))
 
     def _record(self, cell: _Cell, value, seconds: float) -> None:
-        row = {"method": cell.method, "k": cell.k, "seed": cell.seed}
+        row = {**({"task": cell.task} if cell.task else {}), "method": cell.method, "k": cell.k, "seed": cell.seed}
         if isinstance(value, dict):
             row[self.metric] = float(value[self.metric])
             row.update({m: float(value[m]) for m in METRIC_NAMES if m != self.metric and m in value})
@@ -333,27 +348,75 @@ class _Scheduler:
             row[self.metric] = float(value)
         row["seconds"] = round(seconds, 2)
         self.rows[cell] = row
-        self.bar.set_postfix_str(f"{cell.method} k={cell.k} seed={cell.seed}: {row[self.metric]:.1f}%")
+        self.bar.set_postfix_str(f"{_label(cell)} k={cell.k} seed={cell.seed}: {row[self.metric]:.1f}%")
         self.bar.update(1)
 
 
+def _label(cell: _Cell) -> str:
+    return f"{cell.task} {cell.method}" if cell.task else cell.method
+
+
 def _plan(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, methods: dict[str, dict],
-          extra: dict, needs: dict[str, Collection[str]], upstreams: dict[str, Dependency]) -> list[_Cell]:
-    """Every (method, k, seed) cell, methods first, then the functions of (k, seed), each over shots x seeds."""
+          tasks: dict[str, Task], needs: dict[str, Collection[str]], upstreams: dict[str, Dependency]) -> list[_Cell]:
+    """Every (task, method, k, seed) cell: per task its methods, then its functions of (k, seed), over shots x seeds."""
     unknown = sorted(set(needs) - set(methods)) + sorted({n for v in needs.values() for n in v} - set(upstreams))
     if unknown:
         raise BitError(f"'{unknown[0]}' is neither a method nor a dependency of this sweep")
     cells = []
-    for method in [*methods, *extra]:
-        for k in shots:
-            for s in seeds:
-                if method not in methods:
-                    cells.append(_Cell(method, int(k), int(s)))
-                    continue
-                cfg = C.merge(base, {**methods[method], "shots": int(k), "seed": int(s)}, f"method {method}")
-                cells.append(_Cell(method, int(k), int(s), cfg, out / method.replace(" ", "-") / f"k{k}_s{s}",
-                                   frozenset(needs.get(method, ()))))
+    for name, task in tasks.items():
+        folder = out / name if name else out
+        for method in [*methods, *task.extra]:
+            for k in shots:
+                for s in seeds:
+                    if method not in methods:
+                        cells.append(_Cell(method, int(k), int(s), task=name, fn=task.extra[method]))
+                        continue
+                    cfg = C.merge(base, {**task.settings, **methods[method], "shots": int(k), "seed": int(s)},
+                                  f"method {method}")
+                    cells.append(_Cell(method, int(k), int(s), cfg, folder / method.replace(" ", "-") / f"k{k}_s{s}",
+                                       frozenset(needs.get(method, ())), name))
     return cells
+
+
+def _warn_empty_classes(task: Task, shots: Sequence[int]) -> None:
+    """Without an eval set each cell is scored on the rest of its split: refuse a k that leaves none."""
+    from ..data.fewshot import rest_check
+
+    if task.eval_set is not None:
+        return
+    for k in shots:
+        empty = rest_check(task.train_set, int(k), task.rest_context)
+        if empty:
+            log.warning("k=%d per class leaves no image of class %s to evaluate on (%s); balanced accuracy "
+                        "averages the other classes", k, ", ".join(f"'{c}'" for c in empty[:5]), task.rest_context)
+
+
+def sweep_tasks(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, tasks: dict[str, Task],
+                methods: dict[str, dict] | None = None, metric: str = "top1", progress: bool = True, *,
+                jobs: int = 1, needs: dict[str, Collection[str]] | None = None,
+                upstreams: dict[str, Dependency] | None = None, keep: str = "all") -> dict[str, SweepResult]:
+    """Run every (task, method, k, seed) cell into ``out/TASK/METHOD/kK_sSEED`` in one pool; a result per task.
+
+    One pool for all tasks keeps every worker busy while the upstreams train (see :func:`sweep`).
+    """
+    methods, upstreams = methods or {"transfer": {}}, upstreams or {}
+    _check_keep(keep)
+    for task in tasks.values():
+        _warn_empty_classes(task, shots)
+    cells = _plan(base, shots, seeds, out, methods, tasks, needs or {}, upstreams)
+    out.mkdir(parents=True, exist_ok=True)
+    data = {name: (task.train_set, task.eval_set) for name, task in tasks.items()}
+    with Workers(jobs, data) as workers:
+        rows, made = _Scheduler(cells, data, upstreams, metric, keep, workers if jobs > 1 else None, progress).run()
+    results = {}
+    for name, task in tasks.items():
+        names = [*methods, *task.extra]
+        mine = [c for c in cells if c.task == name]
+        per = {m: {int(k): [rows[c][metric] for c in mine if (c.method, c.k) == (m, int(k))] for k in shots}
+               for m in names}
+        settings = {**methods, **{m: getattr(fn, "settings", {}) for m, fn in task.extra.items()}}
+        results[name] = SweepResult(metric, per, [rows[c] for c in mine], made, settings)
+    return results
 
 
 def sweep(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, train_set, eval_set=None,
@@ -370,30 +433,20 @@ def sweep(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, tra
     worker while others train) before them. ``keep`` prunes finished cells (see ``KEEP``). With ``report``,
     writes ``results.json``, ``table.md`` and ``fewshot.png`` into ``out``.
     """
-    from ..data.fewshot import rest_check
-
-    methods, extra, upstreams = methods or {"transfer": {}}, extra or {}, upstreams or {}
-    _check_keep(keep)
-    if eval_set is None:
-        for k in shots:
-            empty = rest_check(train_set, int(k), rest_context)
-            if empty:
-                log.warning("k=%d per class leaves no image of class %s to evaluate on (%s); balanced accuracy "
-                            "averages the other classes", k, ", ".join(f"'{c}'" for c in empty[:5]), rest_context)
-    cells = _plan(base, shots, seeds, out, methods, extra, needs or {}, upstreams)
-    out.mkdir(parents=True, exist_ok=True)
-    data = (train_set, eval_set)
-    with Workers(jobs, data) as workers:
-        scheduler = _Scheduler(cells, data, extra, upstreams, metric, keep, workers if jobs > 1 else None, progress)
-        rows, made = scheduler.run()
-    results = {m: {int(k): [rows[c][metric] for c in cells if (c.method, c.k) == (m, int(k))] for k in shots}
-               for m in [*methods, *extra]}
-    res = SweepResult(metric, results, [rows[c] for c in cells], made)
+    task = Task(train_set, eval_set, extra or {}, {}, rest_context)
+    res = sweep_tasks(base, shots, seeds, out, {"": task}, methods, metric, progress, jobs=jobs, needs=needs,
+                      upstreams=upstreams, keep=keep)[""]
     if report:
-        (out / "results.json").write_text(json.dumps(res.payload(shots, seeds), indent=1))
-        (out / "table.md").write_text(format_table(results, metric))
-        plot_fewshot(results, out / "fewshot.png", METRIC_NAMES.get(metric, metric))
+        write_results(res, out, shots, seeds)
     return res
+
+
+def write_results(res: SweepResult, out: Path, shots: Sequence[int], seeds: Sequence[int], title: str = "") -> None:
+    """``results.json``, ``table.md`` and ``fewshot.png`` of one sweep's result into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(res.payload(shots, seeds), indent=1))
+    (out / "table.md").write_text(format_table(res.results, res.metric))
+    plot_fewshot(res.results, out / "fewshot.png", METRIC_NAMES.get(res.metric, res.metric), title=title)
 
 
 def format_table(results: dict[str, dict[int, list[float]]], metric: str = "top1") -> str:

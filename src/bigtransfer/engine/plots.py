@@ -127,12 +127,10 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) ->
     return out
 
 
-def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: str = "accuracy (%)",
-                 title: str = "") -> Path:
-    """Accuracy against examples per class: one line per method, mean with a band of +-1 std (Fig. 6 shape)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _draw_fewshot(ax, curves: dict[str, dict[int, list[float]]], metric: str, title: str = "") -> None:
+    """One panel: a line per method, the mean over seeds with a band of +-1 std, against k on a log axis."""
     for name, cells in curves.items():
-        ks = sorted(cells)
+        ks = sorted(k for k in cells if cells[k])
         mean = np.array([np.mean(cells[k]) for k in ks])
         std = np.array([np.std(cells[k]) for k in ks])
         line, = ax.plot(ks, mean, marker="o", label=name)
@@ -140,13 +138,42 @@ def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: s
     ax.set_xscale("log")
     all_k = sorted({k for c in curves.values() for k in c})
     ax.set_xticks(all_k, [str(k) for k in all_k])
+    ax.minorticks_off()
     ax.set_xlabel("examples per class")
     ax.set_ylabel(metric)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
+
+
+def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: str = "accuracy (%)",
+                 title: str = "") -> Path:
+    """Accuracy against examples per class: one line per method, mean with a band of +-1 std (Fig. 6 shape)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    _draw_fewshot(ax, curves, metric, title)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def plot_fewshot_panels(panels: dict[str, dict[str, dict[int, list[float]]]], out: Path,
+                        metric: str = "accuracy (%)", title: str = "") -> Path:
+    """One few-shot panel per task (e.g. a transfer suite) side by side, with one legend for all."""
+    n = len(panels)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.8), squeeze=False)
+    for ax, (name, curves) in zip(axes.flat, panels.items(), strict=False):
+        _draw_fewshot(ax, curves, metric, name)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out, dpi=110)
     plt.close(fig)
     return out

@@ -34,8 +34,8 @@ def recipe_path(name: str) -> Path:
     return path
 
 
-def load_recipe(name: str) -> dict:
-    """The engine defaults with recipe ``name`` (a registered name or a YAML path) on top."""
+def recipe_settings(name: str) -> dict:
+    """Only the settings recipe ``name`` (a registered name or a YAML path) writes, each key checked."""
     path = recipe_path(name)
     try:
         data = yaml.safe_load(path.read_text()) or {}
@@ -43,4 +43,9 @@ def load_recipe(name: str) -> dict:
         raise BitError(f"recipe {path}: not valid YAML ({e}); fix the file") from None
     if not isinstance(data, dict):
         raise BitError(f"recipe {path}: expected a mapping of settings")
-    return merge(DEFAULTS, data, f"recipe {path.name}")
+    return merge({}, data, f"recipe {path.name}")
+
+
+def load_recipe(name: str) -> dict:
+    """The engine defaults with recipe ``name`` (a registered name or a YAML path) on top."""
+    return merge(DEFAULTS, recipe_settings(name), f"recipe {recipe_path(name).name}")
