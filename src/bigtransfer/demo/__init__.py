@@ -29,7 +29,6 @@ from .config import (
     TARGETS,
     UPSTREAMS,
     DemoConfig,
-    _hash,
     cache_root,
     probe_name,
     quick_config,
@@ -153,7 +152,9 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     processes = cfg.processes or min(2, os.cpu_count() or 1)
     backbones = {k: upstream_dir(cfg, k) / "backbone.safetensors" for k in UPSTREAMS if k in cfg.upstreams}
     methods, needs = _methods(cfg, backbones)
-    folder = cfg.out / "cells" / _hash({"methods": methods, "task_images": cfg.task_images})  # new recipe, new cells
+    # a cell is reused only when its settings, starting weights and data match (engine.fewshot.request_key), so
+    # another upstream or baseline list reuses every cell it shares with an earlier run
+    folder = cfg.out / "cells"
     ups, results, rows = run_all(cfg, methods, needs, folder, processes)
 
     best = transfer_name(best_upstream(ups))
