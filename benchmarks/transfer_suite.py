@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench import write_results  # noqa: E402
 
 HERE = Path(__file__).parent
+_ZOOM = {"transforms": "recipe", "scale": [0.4, 1.0], "precrop": 32, "eval_resize": 32, "eval_crop": 32}
 # name -> (recipe, overrides, starts from the upstream)
 VARIANTS = {
     "demo": ("demo_finetune", {}, True),  # SGD lr 0.01 at batch 32, 100 steps, the HyperRule's shape
@@ -32,6 +33,11 @@ VARIANTS = {
     "scratch-1000": ("demo_scratch", {"steps": 1000, "warmup_steps": 100}, False),
     "scratch-1500": ("demo_scratch", {"steps": 1500, "warmup_steps": 150}, False),
     "ft-long": ("demo_scratch", {}, True),  # the upstream fine-tuned with the scratch recipe (1000 AdamW steps, ...)
+    "ft-long-lr1e-3": ("demo_scratch", {"lr": 0.001}, True),
+    # the demo's fine-tune with the scratch recipe's zoom (random resized crops), longer, with and without MixUp
+    "ft-aug-300": ("demo_finetune", {**_ZOOM, "steps": 300}, True),
+    "ft-aug-mix-300": ("demo_finetune", {**_ZOOM, "steps": 300, "mixup": 1.0}, True),
+    "ft-aug-mix-1000": ("demo_finetune", {**_ZOOM, "steps": 1000, "mixup": 1.0}, True),
 }
 
 

@@ -35,6 +35,10 @@ def test_claim_check_targets_and_spread():
     lines = demo.describe_checks(checks)
     assert any("within spread" in line for line in lines)
 
+    behind = demo.check_claims({"transfer M": {5: [70.0, 72.0]}, "scratch": {5: [90.0, 92.0]}}, "transfer M")
+    (line,) = demo.describe_checks(behind)
+    assert line == "transfer M over scratch: k=5: -20.0 vs spread 2.0 (behind, beyond spread)"
+
     missed = demo.check_claims({"transfer M": {1: [69.0], 5: [95.0], 10: [99.0]}}, "transfer M",
                                demo.TARGETS["digits"])
     assert missed["all_targets"] is False and missed["targets"]["1"]["met"] is False

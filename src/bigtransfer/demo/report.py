@@ -21,6 +21,13 @@ def _beyond(main: Sequence[float], base: Sequence[float]) -> dict:
     return {"margin": round(m - bm, 2), "spread": round(s + bs, 2), "beyond_spread": bool(m - bm > s + bs)}
 
 
+def _verdict(row: dict) -> str:
+    """How a margin reads against its spread: ahead beyond it (no tag), within it, or behind beyond it."""
+    if row["beyond_spread"]:
+        return ""
+    return " (behind, beyond spread)" if row["margin"] < -row["spread"] else " (within spread)"
+
+
 def check_claims(results: Curves, main: str, targets: dict[int, float] | None = None) -> dict:
     """Targets for ``main`` and its margins over each baseline against the seed spread (mean +- std bands)."""
     out: dict = {"method": main, "targets": {}, "beats": {}, "all_targets": True, "beats_all": True}
@@ -52,8 +59,8 @@ def describe_checks(checks: dict) -> list[str]:
                         for k, v in checks["targets"].items())
         lines.append(f"{main} targets: {got}")
     for base, rows in checks["beats"].items():
-        got = ", ".join(f"k={k}: {v['margin']:+.1f} vs spread {v['spread']:.1f}"
-                        f"{'' if v['beyond_spread'] else ' (within spread)'}" for k, v in rows.items())
+        got = ", ".join(f"k={k}: {v['margin']:+.1f} vs spread {v['spread']:.1f}{_verdict(v)}"
+                        for k, v in rows.items())
         lines.append(f"{main} over {base}: {got}")
     if "m_over_s" in checks:
         lines.append("M minus S: " + ", ".join(f"k={k}: {v:+.1f}" for k, v in checks["m_over_s"].items()))
@@ -100,7 +107,8 @@ def describe_suite(checks: dict) -> list[str]:
              f"{'ok' if s['met'] else 'NOT MET'}"]
     for task, v in s["tasks"].items():
         if not v["holds"]:
-            short = [f"{b} k={k} {r['margin']:+.1f} vs spread {r['spread']:.1f}" for b, rows in v["margins"].items()
+            short = [f"{b} k={k} {r['margin']:+.1f} vs spread {r['spread']:.1f}{_verdict(r)}"
+                     for b, rows in v["margins"].items()
                      for k, r in rows.items() if not r["beyond_spread"]]
             lines.append(f"{task}: not shown ({'; '.join(short) or 'no baseline or k to compare'})")
     if s["upstream_means"]:
