@@ -67,6 +67,13 @@ def test_suite_claim_needs_three_tasks_in_four_and_orders_the_upstreams():
     assert lines[-1].startswith("upstreams, transfer averaged over tasks and k: S ") and lines[-1].endswith(
         "(S <= M: yes)")
 
+    no_scratch = {t: {m: c for m, c in task(90).items() if m != "scratch"} for t in "abcd"}
+    checks = demo.check_suite(no_scratch, "transfer M")
+    assert checks["holds_on"] == ["a", "b", "c", "d"] and checks["baselines"] == ["raw-pixel LR"]
+    assert checks["met"] is False  # the claim is against both baselines
+    first = demo.describe_suite({"suite": checks})[0]
+    assert "beats raw-pixel LR beyond" in first and first.endswith("NOT MET; not compared with scratch")
+
 
 def test_m_over_s_is_reported():
     checks = demo.check_claims({"transfer M": {1: [70.0]}, "transfer S": {1: [65.0]}}, "transfer M")

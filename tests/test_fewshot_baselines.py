@@ -112,3 +112,29 @@ def test_keep_weights_keeps_each_cells_final_weights(tmp_path, capsys):
 def test_an_unknown_baseline_is_one_line(tmp_path, capsys):
     fails(["fewshot", "--data", "digits", "--baseline", "scratch,pixel", *TINY], capsys,
           "unknown baseline 'pixel'", "scratch, probe, pixels")
+
+
+def test_fewshot_suite_runs_every_task_in_one_sweep_and_checks_the_claim(tmp_path, capsys, monkeypatch):
+    from bigtransfer import demo
+
+    whole = demo.downstream_data
+    monkeypatch.setattr(demo, "downstream_data", lambda name: whole(name, per_class=4))  # 40 images a task
+    out = tmp_path / "suite"
+    argv = ["fewshot", "--suite", "--shots", "1", "--seeds", "0,1", "--baseline", "pixels", "--out", str(out),
+            "--metric", "balanced_accuracy", *TINY]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert res["suite"] == ["digits", "glyphs", "shapes", "textures"] == list(res["tasks"])
+    for task, payload in res["tasks"].items():
+        assert list(payload["results"]) == ["transfer", "raw-pixel LR"]
+        assert all(len(v["1"]) == 2 for v in payload["results"].values())
+        assert (out / task / "table.md").is_file() and (out / task / "fewshot.png").stat().st_size > 0
+        cfg = (out / "cells" / task / "transfer" / "k1_s0" / "config.yaml").read_text()
+        assert f"data: suite:{task}" in cfg  # the task is part of each cell's identity
+    assert "### suite mean over 4 tasks" in printed and "on 0 of 4 tasks" in printed  # k=1 is not a claim k
+    assert (out / "fewshot.png").stat().st_size > 0
+
+
+def test_fewshot_suite_refuses_data_in_one_line(capsys):
+    fails(["fewshot", "--suite", "--data", "digits", *TINY], capsys, "--suite runs the 4 tasks", "drop --data")

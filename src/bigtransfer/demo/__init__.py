@@ -43,7 +43,16 @@ from .data import (
     upstream_data,
     zoom_stretch,
 )
-from .report import check_claims, check_suite, describe_checks, describe_suite, results_payload, write_report
+from .report import (
+    check_claims,
+    check_suite,
+    describe_checks,
+    describe_suite,
+    results_payload,
+    suite_checks,
+    write_report,
+    write_suite_report,
+)
 from .upstream import (
     Upstream,
     _recipe,
@@ -59,8 +68,8 @@ __all__ = ["BASELINES", "DOWNSTREAMS", "METRIC", "PIXELS", "PROBE", "SCRATCH", "
            "DemoResult", "Upstream", "balance_classes", "best_upstream", "cache_root", "check_claims", "check_suite",
            "dependencies", "describe_checks", "describe_suite", "downstream_data", "fashion_mnist", "low_resolution",
            "pixel_baseline", "pretrain_upstream", "probe_name", "quick_config", "run_all", "run_demo",
-           "transfer_name", "upstream_config", "upstream_data", "upstream_dir", "upstream_key", "upstream_steps",
-           "zoom_stretch"]
+           "suite_checks", "transfer_name", "upstream_config", "upstream_data", "upstream_dir", "upstream_key",
+           "upstream_steps", "write_suite_report", "zoom_stretch"]
 
 
 @dataclass
@@ -158,8 +167,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
     ups, results, rows = run_all(cfg, methods, needs, folder, processes)
 
     best = transfer_name(best_upstream(ups))
-    checks = {"tasks": {t: check_claims(r, best, TARGETS.get(t, {})) for t, r in results.items()}}
-    checks["suite"] = check_suite(results, best)
+    checks = suite_checks(results, best, TARGETS)
     table, paths = write_report(cfg, results, checks)
     seconds = time.perf_counter() - start
     recipes = {m: {k: v for k, v in c.items() if C.DEFAULTS.get(k, k) != v} for m, c in methods.items()}
