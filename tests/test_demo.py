@@ -272,3 +272,14 @@ def test_upstream_l_is_m_plus_fractal_classes_and_keeps_m_cache_keys():
     assert demo.upstream_key(cfg, "L") != demo.upstream_key(demo.DemoConfig(fractal_classes=50), "L")
     assert demo.upstream_key(cfg, "M") == demo.upstream_key(demo.DemoConfig(fractal_classes=50), "M")
     assert demo.best_upstream(["S", "L", "M"]) == "L" and demo.best_upstream(["S"]) == "S"
+
+
+def test_ctrl_c_in_the_demo_says_what_is_kept_in_one_line(tmp_path, monkeypatch, capsys):
+    def stopped(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "run_demo", stopped)
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"interrupted; the upstreams and finished cells (in {tmp_path / 'd' / 'cells'}) are kept: "
+                   "run the same command again to go on from them")

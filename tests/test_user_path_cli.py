@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -212,6 +213,11 @@ def test_interrupted_is_handled_for_every_command(monkeypatch, capsys):
     monkeypatch.setattr(models_cmd, "run", stopped)
     assert main(["models"]) == 143
     assert "stopped by signal 15; checkpoint ckpt; run again to resume" in capsys.readouterr().out
+
+    # a few-shot worker process sends it back through pickle
+    back = pickle.loads(pickle.dumps(Interrupted(2, Path("run/checkpoints/step_7"))))
+    assert isinstance(back, Interrupted) and back.code == 130 and back.checkpoint == Path("run/checkpoints/step_7")
+    assert str(back) == "stopped by signal 2; checkpoint run/checkpoints/step_7; run again to resume"
 
 
 def test_an_error_in_a_data_loader_worker_is_one_line(capsys, tmp_path):

@@ -70,8 +70,10 @@ class Interrupted(Exception):
 
     def __init__(self, signum: int, checkpoint: Path | None) -> None:
         super().__init__(f"stopped by signal {signum}; checkpoint {checkpoint}; run again to resume")
-        self.code = 128 + signum
-        self.checkpoint = checkpoint
+        self.signum, self.code, self.checkpoint = signum, 128 + signum, checkpoint
+
+    def __reduce__(self):  # a few-shot worker process sends it back to the sweep
+        return type(self), (self.signum, self.checkpoint)
 
 
 NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG})

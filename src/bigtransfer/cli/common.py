@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
 from collections.abc import Callable
@@ -181,3 +182,12 @@ def add_mode_argument(p: argparse.ArgumentParser) -> None:
                    help="inference path (default: a run's own, as its eval.json reports it; auto for a pretrained "
                         "model): auto = fastest (bf16 autocast where the CPU has native bf16, keeping top-1 "
                         "agreement with fp32 above 99%%; see benchmarks/agreement.py), fp32 for the plain model")
+
+
+@contextlib.contextmanager
+def resumable(what: str):
+    """Ctrl-C inside says what was kept and how to go on (``bit`` prints it as ``interrupted; ...``, exit 130)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(f"{what} are kept: run the same command again to go on from them") from None

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import BitError
-from .common import parse_ints, parse_overrides, positive_int
+from .common import parse_ints, parse_overrides, positive_int, resumable
 
 BASELINE_FLAGS = {"scratch": "scratch", "pixels": "raw-pixel LR", "probe": "linear probe"}
 
@@ -42,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     cfg.finetune_overrides.update(parse_overrides(args.set_finetune))
     cfg.scratch_overrides.update(parse_overrides(args.set_scratch))
     cfg.probe_overrides.update(parse_overrides(args.set_probe))
-    res = run_demo(cfg)
+    with resumable(f"the upstreams and finished cells (in {cfg.out / 'cells'})"):
+        res = run_demo(cfg)
     print()
     print(res.table)
     for kind, up in res.upstreams.items():

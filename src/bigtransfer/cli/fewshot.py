@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .common import add_run_args, config_from_args, default_out, parse_ints, positive_int
+from .common import add_run_args, config_from_args, default_out, parse_ints, positive_int, resumable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,8 +68,9 @@ def _suite(args: argparse.Namespace, cfg: dict, shots: list[int], seeds: list[in
         extra = {BASELINES["pixels"]: pixel_baseline(data, None, args.metric)} if pixels else {}
         tasks[name] = Task(data, None, extra, {"data": f"suite:{name}"}, "the suite scores each cell on the rest")
     out = Path(args.out) if args.out else Path("runs") / f"fewshot-{cfg['model']}_suite"
-    res = sweep_tasks(cfg, shots, seeds, out / "cells", tasks, methods, args.metric, not args.quiet,
-                      jobs=args.processes, keep="weights" if args.keep_weights else "results")
+    with resumable(f"finished cells (in {out / 'cells'})"):
+        res = sweep_tasks(cfg, shots, seeds, out / "cells", tasks, methods, args.metric, not args.quiet,
+                          jobs=args.processes, keep="weights" if args.keep_weights else "results")
     results = {t: r.results for t, r in res.items()}
     table, paths = write_suite_report(out, results, suite_checks(results, "transfer"), len(seeds), args.metric)
     payload = {t: r.payload(shots, seeds) for t, r in res.items()}

@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {file_error_line(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"interrupted{'; ' + str(e) if str(e) else ''}", file=sys.stderr)
         return 130
 
 
