@@ -136,5 +136,9 @@ def test_fewshot_suite_runs_every_task_in_one_sweep_and_checks_the_claim(tmp_pat
     assert (out / "fewshot.png").stat().st_size > 0
 
 
-def test_fewshot_suite_refuses_data_in_one_line(capsys):
+def test_fewshot_suite_refuses_data_and_unknown_models_in_one_line(capsys, monkeypatch):
+    from bigtransfer import demo
+
     fails(["fewshot", "--suite", "--data", "digits", *TINY], capsys, "--suite runs the 4 tasks", "drop --data")
+    monkeypatch.setattr(demo, "downstream_data", lambda name: pytest.fail("drew the tasks before checking the model"))
+    fails(["fewshot", "--suite", "--model", "BiT-M-R50x9", "--quiet"], capsys, "unknown model 'BiT-M-R50x9'")

@@ -58,10 +58,12 @@ def _suite(args: argparse.Namespace, cfg: dict, shots: list[int], seeds: list[in
     from ..engine.baselines import BASELINES, pixel_baseline
     from ..engine.fewshot import Task, sweep_tasks
     from ..errors import BitError
+    from ..models.registry import get_config
 
     if cfg.get("data"):
         raise BitError(f"--suite runs the {len(SUITE)} tasks of the transfer suite ({', '.join(SUITE)}); "
                        "drop --data, or drop --suite to run on your data")
+    get_config(cfg["model"])  # an unknown name fails before the tasks are drawn
     tasks = {}
     for name in SUITE:
         data = downstream_data(name)
