@@ -283,3 +283,22 @@ def test_ctrl_c_in_the_demo_says_what_is_kept_in_one_line(tmp_path, monkeypatch,
     err = capsys.readouterr().err.strip()
     assert err == (f"interrupted; the upstreams and finished cells (in {tmp_path / 'd' / 'cells'}) are kept: "
                    "run the same command again to go on from them")
+
+
+def test_the_mean_over_tasks_panel_has_no_seed_band(tmp_path, monkeypatch):
+    from bigtransfer.engine import plots
+
+    drawn = {}
+    draw = plots._draw_fewshot
+
+    def spy(ax, curves, metric, title="", band=True):
+        draw(ax, curves, metric, title, band)
+        drawn[title] = len(ax.collections)  # one filled band per method, or none
+
+    monkeypatch.setattr(plots, "_draw_fewshot", spy)
+    curves = {"transfer": {2: [50.0, 60.0], 5: [70.0, 72.0]}, "scratch": {2: [40.0, 41.0], 5: [60.0, 66.0]}}
+    results = {"a": curves, "b": curves}
+    checks = demo.suite_checks(results, "transfer")
+    demo.write_suite_report(tmp_path, results, checks, seeds=2)
+    assert drawn == {"a": 2, "b": 2, "mean over tasks": 0, "transfer to a": 2, "transfer to b": 2}
+    assert (tmp_path / "fewshot.png").stat().st_size > 0 and (tmp_path / "a" / "fewshot.png").is_file()

@@ -169,7 +169,7 @@ def write_suite_report(out: Path, results: dict[str, Curves], checks: dict, seed
     title = f"BiT few-shot transfer suite ({len(results)} tasks, {seeds} seeds)"
     paths["table"].write_text(f"# {title}\n\n{table}")
     panels = {**results, "mean over tasks": means} if len(results) > 1 else results
-    plot_fewshot_panels(panels, paths["plot"], METRIC_NAMES[metric], title=title)
+    plot_fewshot_panels(panels, paths["plot"], METRIC_NAMES[metric], title=title, no_band=("mean over tasks",))
     return table, paths
 
 

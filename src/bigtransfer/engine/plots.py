@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import matplotlib
@@ -127,14 +128,16 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) ->
     return out
 
 
-def _draw_fewshot(ax, curves: dict[str, dict[int, list[float]]], metric: str, title: str = "") -> None:
-    """One panel: a line per method, the mean over seeds with a band of +-1 std, against k on a log axis."""
+def _draw_fewshot(ax, curves: dict[str, dict[int, list[float]]], metric: str, title: str = "",
+                  band: bool = True) -> None:
+    """One panel: a line per method, the mean over seeds (with a band of +-1 std), against k on a log axis."""
     for name, cells in curves.items():
         ks = sorted(k for k in cells if cells[k])
         mean = np.array([np.mean(cells[k]) for k in ks])
         std = np.array([np.std(cells[k]) for k in ks])
         line, = ax.plot(ks, mean, marker="o", label=name)
-        ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        if band:
+            ax.fill_between(ks, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     ax.set_xscale("log")
     all_k = sorted({k for c in curves.values() for k in c})
     ax.set_xticks(all_k, [str(k) for k in all_k])
@@ -159,14 +162,15 @@ def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: s
 
 
 def plot_fewshot_panels(panels: dict[str, dict[str, dict[int, list[float]]]], out: Path,
-                        metric: str = "accuracy (%)", title: str = "") -> Path:
-    """One few-shot panel per task (e.g. a transfer suite) side by side, with one legend for all."""
+                        metric: str = "accuracy (%)", title: str = "", no_band: Collection[str] = ()) -> Path:
+    """One few-shot panel per task (e.g. a transfer suite) side by side, with one legend for all; the panels named
+    in ``no_band`` (e.g. a mean over tasks, whose spread is between tasks, not seeds) are drawn without bands."""
     n = len(panels)
     cols = min(n, 3)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows + 0.8), squeeze=False)
     for ax, (name, curves) in zip(axes.flat, panels.items(), strict=False):
-        _draw_fewshot(ax, curves, metric, name)
+        _draw_fewshot(ax, curves, metric, name, band=name not in no_band)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
     handles, labels = axes.flat[0].get_legend_handles_labels()
