@@ -69,7 +69,7 @@ def _suite(args: argparse.Namespace, cfg: dict, shots: list[int], seeds: list[in
         data = downstream_data(name)
         extra = {BASELINES["pixels"]: pixel_baseline(data, None, args.metric)} if pixels else {}
         tasks[name] = Task(data, None, extra, {"data": f"suite:{name}"}, "the suite scores each cell on the rest")
-    out = Path(args.out) if args.out else Path("runs") / f"fewshot-{cfg['model']}_suite"
+    out = Path(args.out) if args.out else default_out({**cfg, "data": "suite"}, "fewshot-")
     with resumable(f"finished cells (in {out / 'cells'})"):
         res = sweep_tasks(cfg, shots, seeds, out / "cells", tasks, methods, args.metric, not args.quiet,
                           jobs=args.processes, keep="weights" if args.keep_weights else "results")

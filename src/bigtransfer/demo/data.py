@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from ..engine.baselines import pixel_baseline  # noqa: F401  (the demo's raw-pixel baseline)
 from ..errors import BitError
 from .config import DOWNSTREAMS, UPSTREAM_SIZES, UPSTREAMS, cache_root
 
@@ -146,10 +146,3 @@ def downstream_data(name: str, per_class: int = 150):
     if name not in DOWNSTREAMS:
         raise BitError(f"unknown downstream '{name}': choose from {', '.join(DOWNSTREAMS)}")
     return task_data(name, per_class)
-
-
-def pixel_baseline(dataset) -> Callable[[int, int], float]:
-    """Balanced accuracy (%) of logistic regression on raw pixels, trained on the (k, seed) few-shot split."""
-    from ..engine.baselines import pixel_baseline as baseline
-
-    return baseline(dataset, metric="balanced_accuracy")

@@ -54,12 +54,13 @@ def pixel_matrix(dataset, size: int = PIXEL_SIZE, progress: bool = False) -> np.
     return np.stack(rows) if rows else np.zeros((0, 3 * size * size), dtype=np.uint8)
 
 
-def _score(y_true: np.ndarray, y_pred: np.ndarray, metric: str) -> float:
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score
+def _score(y_true: np.ndarray, y_pred: np.ndarray, metric: str, num_classes: int) -> float:
+    """``metric`` (%) as the engine's evaluation defines it, from the confusion matrix of these predictions."""
+    from .evaluate import summarize
 
-    if metric == "balanced_accuracy":
-        return 100.0 * float(balanced_accuracy_score(y_true, y_pred))
-    return 100.0 * float(accuracy_score(y_true, y_pred))
+    n = int(max(num_classes, y_true.max(initial=-1) + 1, y_pred.max(initial=-1) + 1))
+    confusion = np.bincount(y_true * n + y_pred, minlength=n * n).reshape(n, n)
+    return float(summarize(confusion, 0)[metric])
 
 
 def pixel_baseline(train_set, eval_set=None, metric: str = "balanced_accuracy", size: int = PIXEL_SIZE,
@@ -90,7 +91,7 @@ def pixel_baseline(train_set, eval_set=None, metric: str = "balanced_accuracy", 
         # one BLAS thread: beside training processes, more threads oversubscribe the cores and run far slower
         with threadpool_limits(1):
             clf = LogisticRegression(max_iter=2000).fit(x[chosen] / 255.0, y[chosen])
-            return _score(ye, clf.predict(xe / 255.0), metric)
+            return _score(ye, clf.predict(xe / 255.0), metric, len(train_set.classes))
 
     score.settings = {"classifier": "logistic regression (scikit-learn, L2, C=1, max_iter 2000)",
                       "features": f"raw pixels / 255 (in-memory sets as stored, others squashed to {size}x{size})"}
