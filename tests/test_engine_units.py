@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -169,6 +170,28 @@ def test_adam_and_adamw_follow_their_weight_decay_definitions(name):
     decoupled, coupled = w0 * (1 - 0.1 * 0.5) - 0.1 * torch.sign(grad), w0 - 0.1 * torch.sign(grad + 0.5 * w0)
     want = decoupled if name == "adamw" else coupled
     assert torch.allclose(model.weight.detach(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,nesterov", [("sgd", False), ("sgd", True), ("adam", False), ("adamw", False)])
+def test_the_fused_update_follows_pytorchs_per_tensor_reference(name, nesterov):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.GroupNorm(2, 4))
+    reference, start = copy.deepcopy(model), copy.deepcopy(model)
+    cfg = RunConfig.from_dict({"optimizer": name, "lr": 0.05, "weight_decay": 0.01, "momentum": 0.9,
+                               "nesterov": nesterov})
+    opt = build_optimizer(model, cfg)
+    assert opt.defaults["fused"]  # one kernel per step on CPU
+    kind = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name]
+    extra = {"momentum": 0.9, "nesterov": nesterov} if name == "sgd" else {"eps": cfg.adam_eps}
+    ref = kind(param_groups(reference, 0.01), lr=0.05, foreach=False, **extra)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in model.parameters()]
+        for net, o in ((model, opt), (reference, ref)):
+            for p, g in zip(net.parameters(), grads, strict=True):
+                p.grad = g.clone()
+            o.step()
+    for p, q, p0 in zip(model.parameters(), reference.parameters(), start.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6) and not torch.allclose(p, p0, atol=1e-3)
 
 
 def test_unknown_optimizer_or_schedule_is_refused_before_training():

@@ -75,6 +75,14 @@ class RMSpropTF(torch.optim.Optimizer):
         return loss
 
 
+def _fusable(groups: list[dict]) -> bool | None:
+    """Whether PyTorch's fused (one kernel per step) update applies: float parameters on CPU or CUDA."""
+    params = [p for g in groups for p in g["params"]]
+    ok = all(p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float16, torch.bfloat16)
+             for p in params)
+    return True if ok and params else None
+
+
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     """SGD, RMSProp or AdamW over ``model``'s trainable parameters as a resolved recipe asks.
 
@@ -82,15 +90,15 @@ def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     ``add_decayed_weights`` before the learning rate; ``adam`` adds ``weight_decay * w`` to the gradient.
     """
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_filter)
-    lr, name = cfg.lr, cfg.optimizer.lower()
+    lr, name, fused = cfg.lr, cfg.optimizer.lower(), _fusable(groups)
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     if name == "rmsprop":
         return RMSpropTF(groups, lr=lr, rho=cfg.rmsprop_rho, momentum=cfg.momentum, eps=cfg.rmsprop_eps,
                          ms_init=cfg.rmsprop_init)
     if name in ("adam", "adamw"):
         kind = torch.optim.AdamW if name == "adamw" else torch.optim.Adam
-        return kind(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
+        return kind(groups, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps, fused=fused)
     raise ValueError(f"unknown optimizer '{name}' (sgd | rmsprop | adam | adamw)")
 
 
