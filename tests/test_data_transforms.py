@@ -17,6 +17,7 @@ from bigtransfer.data import (
     normalization,
     train_recipe,
 )
+from bigtransfer.data.transforms import ToNormalized, Unwrap
 from bigtransfer.hyperrule import for_dataset
 from bigtransfer.models import get_config
 
@@ -68,7 +69,7 @@ def test_hyperrule_train_crops_and_flips():
     ra = [s for s in with_ra.transforms if isinstance(s, v2.RandAugment)]
     assert len(ra) == 1 and (ra[0].num_ops, ra[0].magnitude) == (2, 20) and with_ra(img).shape == (3, 32, 32)
     kinds = [type(s) for s in with_ra.transforms]
-    assert kinds.index(v2.RandomHorizontalFlip) < kinds.index(v2.RandAugment) < kinds.index(v2.ToDtype)
+    assert kinds.index(v2.RandomHorizontalFlip) < kinds.index(v2.RandAugment) < kinds.index(ToNormalized)
     cropped = hyperrule_train(160, 128)(img)
     assert cropped.shape == (3, 128, 128) and cropped.min() >= -1.0 and cropped.max() <= 1.0
 
@@ -172,3 +173,33 @@ def test_mixup_disabled_is_identity():
     assert lam == 1.0 and xm is x and torch.equal(ya, y) and torch.equal(yb, y) and not m.enabled
     xm, ya, yb, lam = MixUp(0.2)(x, y, torch.Generator().manual_seed(0))
     assert 0 <= lam <= 1 and xm.shape == x.shape and sorted(yb.tolist()) == [0, 1, 2, 3]
+
+
+def _as_torchvision_chain(pipeline: v2.Compose) -> v2.Compose:
+    """The same pipeline in torchvision's own steps: no Unwrap, and ToDtype + Normalize + ToPureTensor."""
+    steps = []
+    for s in pipeline.transforms:
+        if isinstance(s, ToNormalized):
+            steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(s.mean, s.std), v2.ToPureTensor()]
+        elif not isinstance(s, Unwrap):
+            steps.append(s)
+    return v2.Compose(steps)
+
+
+@pytest.mark.parametrize("build", [
+    lambda: hyperrule_train(40, 32), lambda: hyperrule_eval(32), lambda: eval_recipe(36, 32, (0.4, 0.5, 0.6)),
+    lambda: train_recipe(32, scale=(0.4, 1.0)), lambda: train_recipe(32, randaugment=(2, 9), hflip=0.0),
+])
+def test_the_pipelines_give_torchvisions_numbers_bit_for_bit(build):
+    pipeline = build()
+    reference = _as_torchvision_chain(pipeline)
+    assert len(reference.transforms) > len(pipeline.transforms) - 1  # the chain was rebuilt, not reused
+    rng = np.random.default_rng(0)
+    for seed in range(8):
+        image = tv_tensors.Image(torch.from_numpy(rng.integers(0, 256, (3, 45, 37), dtype=np.uint8)))
+        torch.manual_seed(seed)
+        ours = pipeline(image)
+        torch.manual_seed(seed)
+        theirs = reference(image)
+        assert type(ours) is torch.Tensor and ours.dtype == torch.float32
+        assert torch.equal(ours, theirs)
