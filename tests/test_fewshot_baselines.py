@@ -93,8 +93,9 @@ def test_fewshot_runs_every_baseline_on_an_image_folder_and_records_their_recipe
     assert "optimizer: adamw" in scratch_cfg and "steps: 3" in scratch_cfg and "optimizer: sgd" in transfer_cfg
     assert "head_only: true" in (out / "linear-probe" / "k1_s0" / "config.yaml").read_text()
     assert "| k | transfer | scratch | linear probe | raw-pixel LR |" in captured.out
-    # a finished cell keeps its scores and config, not its weights or checkpoints
+    # a finished cell keeps its scores and config, not its weights, checkpoints or per-cell plots
     assert not list(out.rglob("model.safetensors")) and not list(out.rglob("checkpoints"))
+    assert not [p for p in out.rglob("*.png") if p.parent != out] and (out / "fewshot.png").is_file()
     assert len(list(out.rglob("summary.json"))) == 6
 
 
@@ -142,3 +143,18 @@ def test_fewshot_suite_refuses_data_and_unknown_models_in_one_line(capsys, monke
     fails(["fewshot", "--suite", "--data", "digits", *TINY], capsys, "--suite runs the 4 tasks", "drop --data")
     monkeypatch.setattr(demo, "downstream_data", lambda name: pytest.fail("drew the tasks before checking the model"))
     fails(["fewshot", "--suite", "--model", "BiT-M-R50x9", "--quiet"], capsys, "unknown model 'BiT-M-R50x9'")
+
+
+@pytest.mark.parametrize("keep", ["all", "results"])
+def test_only_a_cell_that_keeps_everything_draws_its_plots(tmp_path, keep):
+    from bigtransfer.data import ArrayDataset
+    from bigtransfer.engine.fewshot import run_cell
+
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), np.repeat([0, 1], 4), ["a", "b"])
+    cfg = dict(model="BiT-R14x0.5", pretrained=False, crop=32, precrop=32, eval_crop=32, flip=False, batch_size=4,
+               workers=0, steps=2, save_every=0, fast_path=False, tensorboard=False, shots=2, seed=0)
+    summary = run_cell(cfg, tmp_path / "cell", data, None, keep=keep)
+    assert summary["steps"] == 2 and (tmp_path / "cell" / "summary.json").is_file()
+    drawn = sorted(p.name for p in (tmp_path / "cell").glob("*.png"))
+    assert drawn == (["confusion.png", "training.png"] if keep == "all" else [])

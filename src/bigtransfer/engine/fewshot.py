@@ -94,7 +94,8 @@ def prune_cell(cell: Path, keep: str = "all") -> None:
 def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, keep: str = "all") -> dict:
     """Train and evaluate one (method, k, seed) cell, or reuse it when it finished with the same settings and data.
 
-    An interrupted cell resumes from its last checkpoint; ``Interrupted`` propagates unchanged.
+    An interrupted cell resumes from its last checkpoint; ``Interrupted`` propagates unchanged. Only a cell that
+    keeps ``all`` draws its training and confusion plots.
     """
     from ..data import fewshot_split
 
@@ -104,7 +105,7 @@ def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, kee
         (cell / REQUEST).unlink(missing_ok=True)
         sub, rest = fewshot_split(train_set, int(cfg["shots"]), int(cfg["seed"]))
         trainer = Trainer(cfg, cell, train_set=sub, eval_set=eval_set if eval_set is not None else rest,
-                          overwrite=True, quiet=quiet)
+                          overwrite=True, quiet=quiet, plots=keep == "all")
         trainer.fit()
         if not trainer.info.is_main:
             return json.loads((cell / "summary.json").read_text())

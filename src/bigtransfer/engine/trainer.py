@@ -86,11 +86,14 @@ class _StopFlag:
 
 
 class Trainer:
-    """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``."""
+    """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``.
+
+    ``plots=False`` leaves out the training-curve and confusion-matrix PNGs (a few-shot cell that keeps its scores).
+    """
 
     def __init__(self, cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, train_set=None, eval_set=None,
                  model: ResNetV2 | None = None, overwrite: bool = False, quiet: bool = False, announce: bool = False,
-                 dry_run: bool = False) -> None:
+                 dry_run: bool = False, plots: bool = True) -> None:
         cfg = as_run_config(cfg)  # a plain dict (recipe + flags + --set) is checked here, once
         self.device = resolve_device(cfg.device)
         self.info = init_distributed(self.device)
@@ -125,7 +128,7 @@ class Trainer:
                 if not dry_run:
                     raise
                 log.warning("warning: %s", e)  # a plan reports; the run itself would refuse
-        self.dry_run = dry_run
+        self.dry_run, self.plots = dry_run, plots
         if dry_run:
             self.model = model
             return
@@ -372,12 +375,12 @@ class Trainer:
             self.log_row({"step": step, **m})
             if self.info.is_main:
                 (self.run_dir / R.EVAL).write_text(json.dumps(full, indent=1))
-                if len(self.classes) <= 100:
+                if self.plots and len(self.classes) <= 100:
                     plot_confusion(full["confusion"], self.classes, self.run_dir / R.CONFUSION_PLOT)
         summary = {"model": self.cfg.model, "steps": step, "n_train": len(self.train_set), **result.metrics}
         result.summary_line = one_line_summary(self.run_dir, summary)
         if self.info.is_main:
-            if (self.run_dir / R.METRICS).exists():
+            if self.plots and (self.run_dir / R.METRICS).exists():
                 plot_training(self.run_dir / R.METRICS, self.run_dir / R.TRAINING_PLOT)
             (self.run_dir / R.SUMMARY).write_text(json.dumps(summary, indent=1))
             (self.run_dir / R.SUMMARY_TEXT).write_text(result.summary_line + "\n")
