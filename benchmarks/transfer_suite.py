@@ -30,7 +30,10 @@ VARIANTS = {
     "lr0.003x300": ("demo_finetune", {"lr": 0.003, "steps": 300}, True),
     "probe": ("demo_probe", {}, True),
     "scratch-300": ("demo_scratch", {"steps": 300, "warmup_steps": 30}, False),
-    "scratch-1000": ("demo_scratch", {"steps": 1000, "warmup_steps": 100}, False),
+    "scratch-1000": ("demo_scratch", {"steps": 1000, "warmup_steps": 100}, False),  # the demo's first scratch baseline
+    "scratch-500": ("demo_scratch", {"steps": 500, "warmup_steps": 50}, False),
+    "scratch-600": ("demo_scratch", {"steps": 600, "warmup_steps": 60}, False),
+    "scratch-b16": ("demo_scratch", {"batch_size": 16, "steps": 1000, "warmup_steps": 100}, False),  # lr scaled to 16
     "scratch-1500": ("demo_scratch", {"steps": 1500, "warmup_steps": 150}, False),
     "ft-long": ("demo_scratch", {}, True),  # the upstream fine-tuned with the scratch recipe (1000 AdamW steps, ...)
     "ft-long-lr1e-3": ("demo_scratch", {"lr": 0.001}, True),
