@@ -35,8 +35,9 @@ VARIANTS = {
     "scratch-600": ("demo_scratch", {"steps": 600, "warmup_steps": 60}, False),
     "scratch-b16": ("demo_scratch", {"batch_size": 16, "steps": 1000, "warmup_steps": 100}, False),  # lr scaled to 16
     "scratch-1500": ("demo_scratch", {"steps": 1500, "warmup_steps": 150}, False),
-    "ft-long": ("demo_scratch", {}, True),  # the upstream fine-tuned with the scratch recipe (1000 AdamW steps, ...)
-    "ft-long-lr1e-3": ("demo_scratch", {"lr": 0.001}, True),
+    # the upstream fine-tuned with the scratch recipe as first measured (1000 AdamW steps, zoom, MixUp, ...)
+    "ft-long": ("demo_scratch", {"steps": 1000, "warmup_steps": 100}, True),
+    "ft-long-lr1e-3": ("demo_scratch", {"steps": 1000, "warmup_steps": 100, "lr": 0.001}, True),
     # the demo's fine-tune with the scratch recipe's zoom (random resized crops), longer, with and without MixUp
     "ft-aug-300": ("demo_finetune", {**_ZOOM, "steps": 300}, True),
     "ft-aug-mix-300": ("demo_finetune", {**_ZOOM, "steps": 300, "mixup": 1.0}, True),
