@@ -210,5 +210,9 @@ def test_torchrun_two_processes_distil_as_one(tmp_path):
 
     torch.manual_seed(0)  # the student's initial weights, as the engine draws them for seed 0
     init = create_model("BiT-R14x0.5", num_classes=10).state_dict()
-    assert max((ref[k] - got[k]).abs().max().item() for k in ref) < 1e-5
+    # Equal to rounding: the weights as a whole agree to 1e-5 relative; Adam's step (about lr * sign(g) where a
+    # gradient is near zero) can carry a rounding difference in such a gradient to a single weight, hence 1e-4 there.
+    diff = sum((ref[k] - got[k]).double().pow(2).sum() for k in ref).sqrt()
+    assert diff / sum(ref[k].double().pow(2).sum() for k in ref).sqrt() < 1e-5
+    assert max((ref[k] - got[k]).abs().max().item() for k in ref) < 1e-4
     assert max((ref[k] - init[k]).abs().max().item() for k in ref if "head" not in k) > 1e-3  # training moved them
