@@ -39,9 +39,7 @@ class UnknownNameError(BitError, KeyError):
         if not close:
             close = difflib.get_close_matches(name.lower(), [c.lower() for c in choices], n=1, cutoff=0.5)
             close = [c for c in choices if close and c.lower() == close[0]]
-        if close:
-            hint = f"did you mean '{close[0]}'?"
-        hint = hint or f"run 'bit {kind}s' to list them"
+        hint = f"did you mean '{close[0]}'?" if close else hint or f"run 'bit {kind}s' to list them"
         super().__init__(f"unknown {kind} '{name}': {hint}")
         self.name = name
 
@@ -80,13 +78,12 @@ NO_SPACE = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errn
 NO_ACCESS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 _FIXES = {
     errno.EROFS: "choose a writable folder",
-    errno.EACCES: "choose a writable folder or fix its permissions",
-    errno.EPERM: "choose a writable folder or fix its permissions",
+    **dict.fromkeys((errno.EACCES, errno.EPERM), "choose a writable folder or fix its permissions"),
     errno.EISDIR: "it is a folder; give a file path",
     errno.ENOTDIR: "a part of the path is a file, not a folder; check the path",
     errno.ENOENT: "check the path",
-    errno.EEXIST: "a file or folder is in the way; remove it or choose another path",
-    errno.ENOTEMPTY: "a file or folder is in the way; remove it or choose another path",
+    **dict.fromkeys((errno.EEXIST, errno.ENOTEMPTY),
+                    "a file or folder is in the way; remove it or choose another path"),
 }
 
 

@@ -46,11 +46,8 @@ def bake_standardized(model: nn.Module) -> nn.Module:
 
 
 def onnx_metadata(facts: dict, size: int) -> dict[str, str]:
-    """ONNX metadata props for a model exported at ``size``: classes, mean, std and how to preprocess an image.
-
-    ``transforms`` is ``hyperrule`` (squash-resize to ``resize`` x ``resize``) or ``recipe`` (resize the shorter
-    side to ``resize``, then centre-crop ``input_size``); then scale to [0, 1] and normalise with ``mean``/``std``.
-    """
+    """ONNX metadata props for a model exported at ``size``: classes, mean, std and how to preprocess an image
+    (``transforms``: ``hyperrule`` squash-resizes, ``recipe`` resizes the shorter side and centre-crops)."""
     from . import __version__
 
     transforms = facts["transforms"]
@@ -100,15 +97,14 @@ def opset_range(dynamo: bool) -> tuple[int, int]:
 
 def _choose_exporter(opset: int, dynamo: bool) -> bool:
     """Whether torch.export writes ``opset`` (below its range the TorchScript exporter does); else one clear error."""
-    low, high = opset_range(False)
+    (low, high), top = opset_range(False), opset_range(True)[1]
     if dynamo and low <= opset < DYNAMO_MIN_OPSET:
         log.info("opset %d is older than torch.export writes (%d and newer): using the TorchScript exporter",
                  opset, DYNAMO_MIN_OPSET)
         return False
     if not dynamo and not low <= opset <= high:
         raise BitError(f"the TorchScript exporter (--legacy) writes ONNX opsets {low} to {high}, not {opset}; "
-                       f"choose one of them, or drop --legacy for opsets {DYNAMO_MIN_OPSET} to {opset_range(True)[1]}")
-    top = opset_range(True)[1]
+                       f"choose one of them, or drop --legacy for opsets {DYNAMO_MIN_OPSET} to {top}")
     if not low <= opset <= top:
         raise BitError(f"ONNX opset {opset} cannot be written; choose an opset from {low} to {top} "
                        f"(default {DYNAMO_MIN_OPSET})")
@@ -129,48 +125,40 @@ def written_opset(path: str | os.PathLike) -> int | None:
 def _quiet_exporter():
     """The exporter's graph passes log every rewrite at INFO, and its opset converter warns with tracebacks; the
     written opset is checked afterwards, so keep both out of the user's console."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir", "torch.onnx", "torch.export")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
+    levels = {lg: lg.level for lg in map(logging.getLogger, ("onnxscript", "onnx_ir", "torch.onnx", "torch.export"))}
+    for lg in levels:
         lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
+        for lg, level in levels.items():
             lg.setLevel(level)
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, size: int = 224, *, opset: int = 18,
                 check: bool = True, dynamo: bool = True, atol: float = 1e-4,
                 metadata: dict[str, str] | None = None) -> float | None:
-    """Write ``model`` as ONNX with a dynamic batch axis; returns onnxruntime's max |logit diff| vs PyTorch.
-
-    The file is written next to ``path`` first and moved into place only when complete (and, with
-    ``check``, only when onnxruntime's logits are within ``atol`` of PyTorch's). Opsets below 18 are written
-    by the TorchScript exporter; the written file must declare ``opset``. ``metadata`` (see ``onnx_metadata``)
-    becomes the file's metadata props.
-    """
+    """Write ``model`` as ONNX with a dynamic batch axis, moved into place only once complete and (with ``check``)
+    within ``atol`` of PyTorch; returns onnxruntime's max |logit diff|. ``metadata`` becomes its metadata props."""
     dynamo = _choose_exporter(opset, dynamo)
     path = Path(path)
     model = model.eval()
     baked = bake_standardized(model)
     example = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     external = sum(p.numel() * 4 for p in baked.parameters()) > _EXTERNAL_DATA_BYTES
+    if dynamo:
+        options = dict(dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, external_data=external, verbose=False)
+    else:
+        options = dict(dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         tmp = tmpdir / path.name  # same base name, so external data keeps its reference when moved
         with _quiet_exporter():
-            if dynamo:
-                torch.onnx.export(baked, (example,), str(tmp), dynamo=True, input_names=["input"],
-                                  output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}},
-                                  opset_version=opset, external_data=external, verbose=False)
-            else:
-                torch.onnx.export(baked, (example,), str(tmp), dynamo=False, input_names=["input"],
-                                  output_names=["logits"], opset_version=opset,
-                                  dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+            torch.onnx.export(baked, (example,), str(tmp), dynamo=dynamo, input_names=["input"],
+                              output_names=["logits"], opset_version=opset, **options)
         written = written_opset(tmp)
         if written is not None and written != opset:
             raise BitError(f"the exporter wrote ONNX opset {written}, not the {opset} asked for, so nothing was "

@@ -12,51 +12,46 @@ from pathlib import Path
 # The choices of ``--mode``: ``models.fast.INFERENCE_MODES``, repeated here so building the parser needs no PyTorch.
 INFERENCE_MODES = ("fp32", "channels_last", "bf16", "fastest", "auto")
 
-# flag -> config key, for flags whose value is copied as given
-FLAG_KEYS = {"data": "data", "model": "model", "weights": "weights", "batch_size": "batch_size",
-             "batch_split": "batch_split", "steps": "steps", "epochs": "epochs", "lr": "lr", "precision": "precision",
-             "workers": "workers", "seed": "seed", "device": "device", "train_split": "train_split",
-             "eval_split": "eval_split", "eval_every": "eval_every", "save_every": "save_every",
-             "resolution_rule": "resolution_rule", "mixup": "mixup",
-             "val_split": "val_split"}
+# flags whose value, when given, is copied as given to the config key of the same name
+FLAG_KEYS = ("data", "model", "weights", "batch_size", "batch_split", "steps", "epochs", "lr", "precision", "workers",
+             "seed", "device", "train_split", "eval_split", "eval_every", "save_every", "resolution_rule", "mixup",
+             "val_split", "pretrained", "skip_corrupt", "head_only", "tensorboard")
 
 
-def _number(text: str, cast: type, above: float | None, least: float | None, below: float | None,
-            what: str) -> float:
+def _number(text: str, cast: type, ok: Callable[[float], bool], what: str) -> float:
     """``text`` as ``cast``, or an ``ArgumentTypeError`` saying what the flag takes."""
     try:
         value = cast(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be {what}, got '{text}'") from None
-    if (not math.isfinite(value) or (above is not None and value <= above) or (least is not None and value < least)
-            or (below is not None and value >= below)):
+    if not math.isfinite(value) or not ok(value):
         raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
     return value
 
 
 def positive_int(text: str) -> int:
     """An ``argparse`` type: an integer above 0."""
-    return _number(text, int, 0, None, None, "an integer above 0")
+    return _number(text, int, lambda v: v > 0, "an integer above 0")
 
 
 def non_negative_int(text: str) -> int:
     """An ``argparse`` type: an integer of at least 0."""
-    return _number(text, int, None, 0, None, "an integer of at least 0")
+    return _number(text, int, lambda v: v >= 0, "an integer of at least 0")
 
 
 def positive_float(text: str) -> float:
     """An ``argparse`` type: a number above 0."""
-    return _number(text, float, 0, None, None, "a number above 0")
+    return _number(text, float, lambda v: v > 0, "a number above 0")
 
 
 def non_negative_float(text: str) -> float:
     """An ``argparse`` type: a number of at least 0."""
-    return _number(text, float, None, 0, None, "a number of at least 0")
+    return _number(text, float, lambda v: v >= 0, "a number of at least 0")
 
 
 def fraction(text: str) -> float:
     """An ``argparse`` type: a number strictly between 0 and 1."""
-    return _number(text, float, 0, None, 1, "a fraction between 0 and 1 (exclusive)")
+    return _number(text, float, lambda v: 0 < v < 1, "a fraction between 0 and 1 (exclusive)")
 
 
 def setting(check: Callable[[str], float], key: str) -> Callable[[str], float]:
@@ -69,27 +64,6 @@ def setting(check: Callable[[str], float], key: str) -> Callable[[str], float]:
 
     parse.__name__ = check.__name__
     return parse
-
-
-def load_recipe(name: str | None) -> dict:
-    """``recipes.load_recipe``, imported on first use (the engine imports PyTorch)."""
-    from ..recipes import load_recipe as load
-
-    return load(name)
-
-
-def merge(base: dict, overrides: dict, source: str) -> dict:
-    """``engine.config.merge``, imported on first use."""
-    from ..engine.config import merge as merge_config
-
-    return merge_config(base, overrides, source)
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """``engine.config.parse_overrides``, imported on first use."""
-    from ..engine.config import parse_overrides as parse
-
-    return parse(items)
 
 
 def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None:
@@ -136,11 +110,11 @@ def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None
 
 def config_from_args(args: argparse.Namespace) -> dict:
     """Recipe, then flags, then ``--set`` overrides."""
+    from ..engine.config import merge, parse_overrides  # the engine imports PyTorch: only once a command runs
+    from ..recipes import load_recipe
+
     cfg = load_recipe(args.recipe)
-    flags = {key: getattr(args, flag) for flag, key in FLAG_KEYS.items() if getattr(args, flag, None) is not None}
-    for key in ("pretrained", "skip_corrupt", "head_only", "tensorboard"):
-        if getattr(args, key, None) is not None:
-            flags[key] = getattr(args, key)
+    flags = {key: getattr(args, key) for key in FLAG_KEYS if getattr(args, key, None) is not None}
     if args.lr is not None:  # a learning rate given here is the one used, at the run's own batch size
         flags["lr_batch"] = flags.get("batch_size", cfg["batch_size"])
     cfg = merge(cfg, flags, "command line")
@@ -152,27 +126,24 @@ def config_from_args(args: argparse.Namespace) -> dict:
     return cfg
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:60] or "run"
-
-
 def default_out(cfg: dict, prefix: str = "") -> Path:
     data = str(cfg.get("data") or "data").split(":", 1)
     name = data[0] if len(data) == 1 else f"{data[0]}-{Path(data[1]).name}"
-    return Path("runs") / slug(f"{prefix}{cfg['model']}_{name}")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{prefix}{cfg['model']}_{name}").strip("-")[:60]
+    return Path("runs") / (slug or "run")
 
 
 def parse_ints(text: str, flag: str) -> list[int]:
     """``"1,2,5"`` -> [1, 2, 5] for ``--shots`` (positive) or ``--seeds`` (non-negative); else one clear error."""
     from ..errors import BitError
 
+    least, kind, example = (1, "positive", "1,2,5,10") if flag == "--shots" else (0, "non-negative", "0,1,2")
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or min(values) < (1 if flag == "--shots" else 0):
-        raise BitError(f"{flag} takes comma-separated {'positive' if flag == '--shots' else 'non-negative'} "
-                       f"integers, e.g. {flag} {'1,2,5,10' if flag == '--shots' else '0,1,2'}; got '{text}'")
+    if not values or min(values) < least:
+        raise BitError(f"{flag} takes comma-separated {kind} integers, e.g. {flag} {example}; got '{text}'")
     return values
 
 

@@ -12,27 +12,18 @@ from ..errors import BitError
 TARGETS = ("npz", "safetensors", "timm", "hf", "ckpt")
 
 
-def _check_destination(dst: str, to: str | None) -> None:
-    """DST must name a file (except for a transformers folder): a folder is refused before anything is read."""
-    from ..weights.convert import is_folder_target
-
-    if is_folder_target(dst, to):
-        return
-    if Path(dst).is_dir() or dst.endswith(("/", os.sep)):
-        suffix = {"npz": ".npz", "ckpt": ".ckpt"}.get(to or "", ".safetensors")
-        example = Path(dst) / f"model{suffix}"
-        raise BitError(f"DST '{dst}' is a folder; give a file name, e.g. {example}")
-
-
 def run(args: argparse.Namespace) -> int:
     from ..engine.runs import weights_source
     from ..weights.convert import arch_name, convert, is_folder_target
 
-    _check_destination(args.dst, args.to)
+    folder = is_folder_target(args.dst, args.to)
+    if not folder and (Path(args.dst).is_dir() or args.dst.endswith(("/", os.sep))):  # refused before reading SRC
+        suffix = {"npz": ".npz", "ckpt": ".ckpt"}.get(args.to or "", ".safetensors")
+        raise BitError(f"DST '{args.dst}' is a folder; give a file name, e.g. {Path(args.dst) / f'model{suffix}'}")
     src, model_name = weights_source(args.src, args.model)
     dst, model = convert(src, args.dst, args.to, model_name=model_name, ema=args.ema, overwrite=args.overwrite)
     arch = arch_name(model.block_units, model.width_factor) or f"units {model.block_units} x{model.width_factor:g}"
-    kind = "transformers folder" if is_folder_target(args.dst, args.to) else args.to or dst.suffix.lstrip(".")
+    kind = "transformers folder" if folder else args.to or dst.suffix.lstrip(".")
     print(f"wrote {dst} ({kind}; {arch}, {model.num_classes} classes)")
     return 0
 

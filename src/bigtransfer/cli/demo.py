@@ -6,24 +6,23 @@ import argparse
 from pathlib import Path
 
 from ..errors import BitError
-from .common import parse_ints, parse_overrides, positive_int, resumable
+from .common import parse_ints, positive_int, resumable
 
+RECIPES = {"upstream": "upstream", "finetune": "fine-tune", "scratch": "scratch", "probe": "linear-probe"}
 BASELINE_FLAGS = {"scratch": "scratch", "pixels": "raw-pixel LR", "probe": "linear probe"}
 
 
 def _names(text: str, choices: dict[str, str] | tuple[str, ...], what: str) -> tuple[str, ...]:
-    out = []
-    for name in (v.strip() for v in text.split(",")):
-        if not name:
-            continue
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    for name in names:
         if name not in choices:
             raise BitError(f"unknown {what} '{name}': choose from {', '.join(choices)}")
-        out.append(choices[name] if isinstance(choices, dict) else name)
-    return tuple(out)
+    return tuple(choices[n] if isinstance(choices, dict) else n for n in names)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..demo import DOWNSTREAMS, DemoConfig, quick_config, run_demo
+    from ..engine.config import parse_overrides
 
     downstreams = _names(args.downstream, tuple(DOWNSTREAMS), "downstream")
     upstream = args.upstream or ("S" if "mnist5k" in downstreams else "S,M")
@@ -38,10 +37,8 @@ def run(args: argparse.Namespace) -> int:
         cfg.seeds = tuple(parse_ints(args.seeds, "--seeds"))
     if args.upstream_images is not None:
         cfg.upstream_images = args.upstream_images
-    cfg.upstream_overrides.update(parse_overrides(args.set_upstream))
-    cfg.finetune_overrides.update(parse_overrides(args.set_finetune))
-    cfg.scratch_overrides.update(parse_overrides(args.set_scratch))
-    cfg.probe_overrides.update(parse_overrides(args.set_probe))
+    for kind in RECIPES:
+        getattr(cfg, f"{kind}_overrides").update(parse_overrides(getattr(args, f"set_{kind}")))
     with resumable(f"the upstreams and finished cells (in {cfg.out / 'cells'})"):
         res = run_demo(cfg)
     print()
@@ -76,10 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="a tiny schedule that checks the whole pipeline in well under a minute (numbers meaningless)")
     p.add_argument("--upstream-images", type=positive_int, help="pre-train on a seeded subset of this many images")
-    p.add_argument("--set-upstream", action="append", metavar="KEY=VALUE", help="override the upstream recipe")
-    p.add_argument("--set-finetune", action="append", metavar="KEY=VALUE", help="override the fine-tune recipe")
-    p.add_argument("--set-scratch", action="append", metavar="KEY=VALUE", help="override the scratch recipe")
-    p.add_argument("--set-probe", action="append", metavar="KEY=VALUE", help="override the linear-probe recipe")
+    for kind, recipe in RECIPES.items():
+        p.add_argument(f"--set-{kind}", action="append", metavar="KEY=VALUE", help=f"override the {recipe} recipe")
     p.add_argument("--cache", help="cache folder for data and upstream weights (default $BIGTRANSFER_HOME or "
                                    "~/.cache/bigtransfer)")
     p.add_argument("--processes", type=positive_int,

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_run_args, config_from_args, default_out, merge, positive_float, setting
+from .common import add_run_args, config_from_args, default_out, positive_float, setting
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..engine.config import merge
     from ..engine.distill import distill
     from ..engine.distributed import launched_as_main
 
@@ -20,8 +21,7 @@ def run(args: argparse.Namespace) -> int:
     result = distill(cfg, out, overwrite=args.overwrite, quiet=args.quiet, announce=True, dry_run=args.dry_run)
     if args.dry_run:
         print(f"dry run: nothing trained or written; drop --dry-run to distil into {out}")
-        return 0
-    if result.summary_line and launched_as_main():
+    elif result.summary_line and launched_as_main():
         print(result.summary_line)
     return 0
 

@@ -4,6 +4,7 @@ nearest neighbours of query images in such an index by cosine similarity."""
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -12,7 +13,7 @@ from typing import Any
 
 from ..errors import BitError, DataError
 from .common import INFERENCE_MODES, non_negative_int, positive_int
-from .predict import DEFAULT_BATCH, DEFAULT_WORKERS, check_source, image_files
+from .predict import DEFAULT_BATCH, DEFAULT_WORKERS, image_files
 
 FORMATS = ("npy", "parquet")
 DEFAULT_MODE = "fp32"  # the plain model: features equal forward_head(forward_features(x), pre_logits=True)
@@ -22,10 +23,8 @@ def output_paths(text: str, fmt: str) -> dict[str, Path]:
     """The files ``--out`` names: OUT.npy, OUT.index.csv and OUT.meta.json, or OUT.parquet (a suffix is optional)."""
     path = Path(text).expanduser()
     base = path.with_suffix("") if path.suffix.lower() in (".npy", ".parquet") else path
-    if fmt == "parquet":
-        return {"parquet": base.with_name(base.name + ".parquet")}
-    return {"npy": base.with_name(base.name + ".npy"), "csv": base.with_name(base.name + ".index.csv"),
-            "meta": base.with_name(base.name + ".meta.json")}
+    files = {"parquet": ".parquet"} if fmt == "parquet" else {"npy": ".npy", "csv": ".index.csv", "meta": ".meta.json"}
+    return {key: base.with_name(base.name + ext) for key, ext in files.items()}
 
 
 def index_paths(text: str) -> dict[str, Path]:
@@ -33,9 +32,8 @@ def index_paths(text: str) -> dict[str, Path]:
     path = Path(text).expanduser()
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in FORMATS:  # OUT: OUT.npy, else OUT.parquet when only that exists
-        only_parquet = path.with_name(path.name + ".parquet").is_file() and not path.with_name(
-            path.name + ".npy").is_file()
-        fmt = "parquet" if only_parquet else "npy"
+        parquet, npy = (path.with_name(path.name + ext).is_file() for ext in (".parquet", ".npy"))
+        fmt = "parquet" if parquet and not npy else "npy"
     files = output_paths(text, fmt)
     missing = [p for key, p in files.items() if key != "meta" and not p.is_file()]
     if missing:
@@ -46,7 +44,6 @@ def index_paths(text: str) -> dict[str, Path]:
 
 def require_pyarrow() -> Any:
     try:
-        import pyarrow  # noqa: F401
         import pyarrow.parquet as pq
     except ImportError:
         raise BitError("--format parquet needs pyarrow; install it (pip install pyarrow) or write "
@@ -56,8 +53,6 @@ def require_pyarrow() -> Any:
 
 def write_index(files: dict[str, Path], features, paths: list[str], labels: list[str], meta: dict) -> None:
     """Write the features (float32, N x D), their paths and labels, and what made them, each file atomically."""
-    import csv
-
     import numpy as np
 
     from ..weights.common import atomic_write
@@ -91,8 +86,6 @@ def write_index(files: dict[str, Path], features, paths: list[str], labels: list
 
 def read_index(files: dict[str, Path]) -> tuple[Any, list[str], list[str], dict]:
     """(features N x D float32, paths, labels, meta) of an index written by :func:`write_index`."""
-    import csv
-
     import numpy as np
 
     if "parquet" in files:
@@ -138,7 +131,7 @@ def embed_dataset(model, dataset, *, batch_size: int, workers: int, device: Any,
 def _load(args: argparse.Namespace, source: str, weights: str | None, mode: str):
     from ..data.transforms import build_transforms
     from ..engine.distributed import resolve_device
-    from ..engine.runs import open_run
+    from ..engine.runs import check_source, open_run
     from ..models.fast import prepare_for_inference
 
     check_source(source)

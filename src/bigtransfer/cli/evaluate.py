@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..errors import BitError
 from .common import add_mode_argument, non_negative_int, positive_int
 
 
@@ -22,15 +23,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = loaded.cfg
     data = args.data or cfg.data
     if not data:
-        from ..errors import BitError
-
         raise BitError("no data: pass --data NAME:PATH")
     dataset = load_dataset(data, args.split, skip_corrupt=args.skip_corrupt)
     classes = loaded.classes or dataset.classes
     n = loaded.model.num_classes
     if dataset.num_classes > n:
-        from ..errors import BitError
-
         raise BitError(f"the data has {dataset.num_classes} classes but the model's head has {n}; "
                        f"evaluate a model fine-tuned on this data")
     _, eval_tf = build_transforms(cfg)

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..errors import BitError, DataError
 from .common import add_run_args, config_from_args, default_out, parse_ints, positive_int, resumable
 
 
@@ -31,7 +32,6 @@ def run(args: argparse.Namespace) -> int:
     rest_context = f"eval_split {eval_split}"
     if cfg.get("val_split") is None and eval_split not in (None, "none", "rest"):
         from ..data import load_dataset
-        from ..errors import DataError
 
         try:
             eval_set = load_dataset(cfg["data"], eval_split, skip_corrupt=cfg["skip_corrupt"])
@@ -57,7 +57,6 @@ def _suite(args: argparse.Namespace, cfg: dict, shots: list[int], seeds: list[in
     from ..demo.tasks import SUITE
     from ..engine.baselines import BASELINES, pixel_baseline
     from ..engine.fewshot import Task, sweep_tasks
-    from ..errors import BitError
     from ..models.registry import get_config
 
     if cfg.get("data"):

@@ -15,11 +15,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     out = Path(args.out) if args.out else default_out(cfg)
     result = train(cfg, out, overwrite=args.overwrite, quiet=args.quiet, announce=True,
-                   dry_run=getattr(args, "dry_run", False))  # Interrupted: main() prints it
-    if getattr(args, "dry_run", False):
+                   dry_run=args.dry_run)  # Interrupted: main() prints it
+    if args.dry_run:
         print(f"dry run: nothing trained or written; drop --dry-run to train into {out}")
-        return 0
-    if result.summary_line and launched_as_main():  # once, not once per torchrun process
+    elif result.summary_line and launched_as_main():  # once, not once per torchrun process
         print(result.summary_line)
     return 0
 

@@ -1,8 +1,5 @@
-"""``bit``: one entry point; each sub-command lives in its own module with ``register(subparsers)``.
-
-Building the parser imports no PyTorch: each command imports what it needs in its ``run()``, so ``--help``,
-``--version`` and argument errors answer at once.
-"""
+"""``bit``: one entry point; each sub-command lives in its own module with ``register(subparsers)`` and imports
+PyTorch only in its ``run()``, so ``--help``, ``--version`` and argument errors answer at once."""
 
 from __future__ import annotations
 
@@ -28,20 +25,14 @@ class BitArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``bit`` parser with every available sub-command (sub-parsers share its one-line errors)."""
+    """The ``bit`` parser with every sub-command (sub-parsers share its one-line errors)."""
     parser = BitArgumentParser(prog="bit", description="Big Transfer (BiT): pre-trained ResNetV2 "
                                "models, the BiT-HyperRule and few-shot transfer.")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("--version", action="version", version=f"bit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".{name}", __package__)
-        except ModuleNotFoundError as e:
-            if e.name == f"{__package__}.{name}":
-                continue  # command not available in this build
-            raise
-        module.register(sub)
+        importlib.import_module(f".{name}", __package__).register(sub)
     return parser
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
+import json
 import os
 import sys
 import time
@@ -19,13 +21,6 @@ DEFAULT_BATCH = 64
 DEFAULT_WORKERS = 2
 PRINT_LIMIT = 20  # with --output, more images than this print one summary line instead of a line each
 OUTPUT_FORMATS = (".csv", ".jsonl")
-
-
-def check_source(source: str) -> None:
-    """A run folder, weights file or model name; a path-like source that does not exist is one clear error."""
-    from ..engine.runs import check_source as check
-
-    check(source)
 
 
 def _folder_images(path: Path, extensions: set[str]) -> list[str]:
@@ -90,13 +85,11 @@ class Predictions:
     done: Any  # numpy bool, N
     skipped: list[str] = field(default_factory=list)
 
-    def name(self, i: int) -> str | int:
-        """Class ``i``'s name, or its index when the names are unknown."""
-        return self.classes[i] if self.classes and i < len(self.classes) else i
-
     def top(self, row: int) -> list[tuple[str | int, float]]:
-        """(class, probability) pairs of image ``row``, most probable first."""
-        return [(self.name(int(i)), float(p)) for i, p in zip(self.ids[row], self.probs[row], strict=True)]
+        """(class, probability) pairs of image ``row``, most probable first; a class without a name is its index."""
+        names = self.classes or []
+        return [(names[i] if i < len(names) else i, float(p))
+                for i, p in zip(map(int, self.ids[row]), self.probs[row], strict=True)]
 
     def rows(self) -> Iterator[tuple[str, list[tuple[str | int, float]]]]:
         """(path, top-k) of each classified image, in input order."""
@@ -107,11 +100,6 @@ class Predictions:
     @property
     def count(self) -> int:
         return int(self.done.sum())
-
-
-def console_line(path: str, top: list[tuple[str | int, float]]) -> str:
-    """``PATH: class p%, ...``: the line ``bit predict`` prints per image."""
-    return f"{path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top)
 
 
 def predict_images(model, transform: Callable, paths: Sequence[str], *, top: int, classes: list[str] | None,
@@ -144,9 +132,6 @@ def predict_images(model, transform: Callable, paths: Sequence[str], *, top: int
 
 def write_predictions(path: str | Path, preds: Predictions) -> Path:
     """Write ``preds`` to a .csv (path, class_1, prob_1, ...) or .jsonl (path, top) file, atomically."""
-    import csv
-    import json
-
     from ..weights.common import atomic_write
 
     k = preds.ids.shape[1]
@@ -184,7 +169,7 @@ class LinePrinter:
         if self.closed:
             return
         try:
-            tqdm.write(console_line(path, top), file=sys.stdout)
+            tqdm.write(f"{path}: " + ", ".join(f"{c} {100 * p:.1f}%" for c, p in top), file=sys.stdout)
             sys.stdout.flush()
         except BrokenPipeError:
             self.closed = True
@@ -196,7 +181,7 @@ class LinePrinter:
 def run(args: argparse.Namespace) -> int:
     from ..data.transforms import build_transforms
     from ..engine.distributed import resolve_device
-    from ..engine.runs import open_run
+    from ..engine.runs import check_source, open_run
     from ..models.fast import prepare_for_inference
 
     check_source(args.source)

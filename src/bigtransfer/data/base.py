@@ -110,10 +110,8 @@ def concat_datasets(datasets: Sequence[ArrayDataset], name: str | None = None) -
     channels = max(d.images.shape[-1] for d in datasets)
     names = [c for d in datasets for c in d.classes]
     clash = len(set(names)) < len(names)
-    classes, targets, offset = [], [], 0
-    for d in datasets:
-        classes += [f"{d.name}/{c}" if clash else c for c in d.classes]
-        targets.append(d.targets + offset)
-        offset += d.num_classes
+    classes = [f"{d.name}/{c}" if clash else c for d in datasets for c in d.classes]
+    offsets = np.cumsum([0] + [d.num_classes for d in datasets])
+    targets = np.concatenate([d.targets + offset for d, offset in zip(datasets, offsets, strict=False)])
     images = np.concatenate([np.repeat(d.images, channels // d.images.shape[-1], axis=-1) for d in datasets])
-    return ArrayDataset(images, np.concatenate(targets), classes, name or "+".join(d.name for d in datasets))
+    return ArrayDataset(images, targets, classes, name or "+".join(d.name for d in datasets))

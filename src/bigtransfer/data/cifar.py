@@ -80,8 +80,7 @@ def _class_names(name: str, layout: str, folder: Path) -> list[str]:
     if not meta.is_file():
         raise DataError(f"{name}: missing '{meta}'; the extracted data set is incomplete")
     if layout == "binary":
-        names = [line.strip() for line in meta.read_text(encoding="utf-8", errors="replace").splitlines()]
-        names = [n for n in names if n]
+        names = [n for line in meta.read_text(encoding="utf-8", errors="replace").splitlines() if (n := line.strip())]
     else:
         entry = _str_keys(load_pickle(meta), meta).get("label_names" if name == "cifar10" else "fine_label_names")
         names = [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in entry or []]
@@ -97,16 +96,13 @@ def load_cifar(name: str, path: str | Path, split: str = "train", transform: Cal
         raise DataError(f"{name} has the splits 'train' and 'test', not '{split}'")
     layout, folder = find_layout(name, path)
     classes = _class_names(name, layout, folder)
-    images, labels = [], []
+    batches = []
     for fname in LAYOUTS[name][layout][1][SPLITS[split]]:
         file = folder / fname
         if not file.is_file():
             raise DataError(f"{name}: missing '{file}'; the extracted data set is incomplete")
-        if layout == "binary":
-            data, lab = _read_binary(file, 1 if name == "cifar10" else 2)
-        else:
-            data, lab = _read_python(file, name)
-        images.append(data)
-        labels.append(lab)
+        batches.append(_read_binary(file, 1 if name == "cifar10" else 2) if layout == "binary"
+                       else _read_python(file, name))
+    images, labels = zip(*batches, strict=True)
     nhwc = np.concatenate(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
     return ArrayDataset(np.ascontiguousarray(nhwc), np.concatenate(labels), classes, f"{name}:{split}", transform)

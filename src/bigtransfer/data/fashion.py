@@ -31,10 +31,7 @@ def default_cache_dir() -> Path:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for name in (stem + ".gz", stem):
-        if (folder / name).is_file():
-            return folder / name
-    return None
+    return next((folder / n for n in (stem + ".gz", stem) if (folder / n).is_file()), None)
 
 
 def _complete(folder: Path) -> bool:

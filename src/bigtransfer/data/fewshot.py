@@ -12,11 +12,8 @@ from .base import ImageDataset, SubsetDataset
 
 def fewshot_indices(targets: Sequence[int] | np.ndarray, k: int, seed: int,
                     classes: Sequence[str] | None = None) -> np.ndarray:
-    """Sorted indices of ``k`` examples of every class; the same ``seed`` gives the same indices on any machine.
-
-    Classes are visited in label order and each draws from the one generator, so a class's picks depend on
-    the seed and the classes before it. With ``classes``, every listed class must be present.
-    """
+    """Sorted indices of ``k`` examples of every class (with ``classes``, of each listed one), drawn in label order
+    from one generator: the same ``seed`` gives the same indices on any machine."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise DataError(f"examples per class must be a positive integer, got {k!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -48,10 +45,8 @@ def fewshot_split(dataset: ImageDataset, k: int, seed: int) -> tuple[SubsetDatas
 
 
 def rest_check(dataset: ImageDataset, k: int, context: str = "eval_split rest", flag: str = "--shots") -> list[str]:
-    """Refuse a ``k`` that leaves no example of ``dataset`` to evaluate on; else the classes left with none.
-
-    ``k`` is first checked as :func:`fewshot_indices` checks it (a positive integer, no class smaller).
-    """
+    """The classes ``k`` per class leaves with no example to evaluate on; refuses a ``k`` that leaves none at all
+    or that :func:`fewshot_indices` refuses."""
     fewshot_indices(dataset.targets, k, 0, dataset.classes)
     counts = np.bincount(np.asarray(dataset.targets, dtype=np.int64), minlength=len(dataset.classes))
     if len(counts) and int(counts.sum()) == k * len(counts):
@@ -62,10 +57,8 @@ def rest_check(dataset: ImageDataset, k: int, context: str = "eval_split rest", 
 
 
 def holdout_split(dataset: ImageDataset, fraction: float, seed: int) -> tuple[SubsetDataset, SubsetDataset]:
-    """(kept, held out): a seeded, class-stratified hold-out of about ``fraction`` of every class.
-
-    Every class keeps at least one example and holds out at least one; the same seed gives the same split anywhere.
-    """
+    """(kept, held out): a seeded, class-stratified hold-out of about ``fraction`` of every class, at least one
+    example and never all of it; the same seed gives the same split anywhere."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) or not 0 < fraction < 1:
         raise DataError(f"val_split must be a fraction between 0 and 1 (exclusive), e.g. --val-split 0.2; "
                         f"got {fraction!r}")

@@ -21,19 +21,15 @@ CHUNK = 1 << 24
 
 
 def read_idx(path: str | Path) -> np.ndarray:
-    """The array stored in IDX file ``path`` (``.gz`` is decompressed); native byte order.
-
-    The header's shape is checked against what the file can hold before the data is read, and a ``.gz`` is
-    decompressed in chunks up to the announced size only, so a damaged file cannot exhaust memory.
-    """
+    """The array of IDX file ``path`` (``.gz`` decompressed) in native byte order; the header's shape is checked
+    against the file's size and a ``.gz`` read in chunks up to it only, so a damaged file cannot exhaust memory."""
     path = Path(path)
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rb") as f:
                 head = f.read(4)
                 header = _check_magic(path, head)
-                dims = f.read(header - 4)
-                shape, dtype, expected = _layout(path, head + dims, header)
+                shape, dtype, expected = _layout(path, head + f.read(header - 4), header)
                 if expected > path.stat().st_size * MAX_GZIP_RATIO:
                     raise DataError(f"{path}: the header announces {expected} data bytes for shape {shape}, more "
                                     f"than a {path.stat().st_size}-byte .gz can hold; the file is corrupt")

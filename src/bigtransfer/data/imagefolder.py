@@ -39,13 +39,10 @@ def decode_image(path: Path) -> np.ndarray:
 
 
 def _to_rgb(img: Image.Image) -> np.ndarray:
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N"):
-        # 16-bit grey: keep the full range by scaling 0..65535 down to 0..255 (Pillow would clip instead).
-        wide = np.asarray(img, dtype=np.int64 if img.mode == "I" else np.uint16).astype(np.float64)
-        grey = np.clip(np.rint(wide / 257.0), 0, 255).astype(np.uint8)
-        return np.repeat(grey[..., None], 3, axis=-1)
-    if img.mode == "F":
-        grey = np.clip(np.rint(np.asarray(img, dtype=np.float64)), 0, 255).astype(np.uint8)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        # 16-bit grey keeps its full range, 0..65535 scaled down to 0..255 (Pillow would clip); float grey is clipped
+        wide = np.asarray(img, dtype={"I": np.int64, "F": np.float64}.get(img.mode, np.uint16)).astype(np.float64)
+        grey = np.clip(np.rint(wide if img.mode == "F" else wide / 257.0), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     if img.mode != "RGB":
         img = img.convert("RGB")
@@ -132,10 +129,8 @@ class ImageFolder(ImageDataset):
             if self.skipped:
                 log.warning("skipped %d unreadable image(s) in %s, e.g. %s", len(self.skipped), self.folder,
                             self.skipped[0])
-            present = set(targets)
-            empty = [c for i, c in enumerate(classes) if i not in present]
-            if empty:
-                raise DataError(f"class folder '{self.folder / empty[0]}' holds no readable images")
+            if empty := set(range(len(classes))) - set(targets):
+                raise DataError(f"class folder '{self.folder / classes[min(empty)]}' holds no readable images")
         self.paths = paths
         super().__init__(classes, np.asarray(targets, dtype=np.int64), transform)
 

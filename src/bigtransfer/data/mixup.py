@@ -9,11 +9,8 @@ import torch
 
 
 class MixUp:
-    """Blend each example with a partner chosen by permutation: ``lam * x + (1 - lam) * x[perm]``.
-
-    Per optimizer step call :meth:`sample` once, then for each micro-batch :meth:`permutation` and
-    :meth:`mix`; the loss is :meth:`mixed_loss`. ``alpha <= 0`` disables mixing (lambda is always 1).
-    """
+    """``lam * x + (1 - lam) * x[perm]``: :meth:`sample` once per optimizer step, then :meth:`permutation`, :meth:`mix`
+    and :meth:`mixed_loss` per micro-batch. ``alpha <= 0`` disables mixing (lambda is always 1)."""
 
     def __init__(self, alpha: float) -> None:
         self.alpha = float(alpha)

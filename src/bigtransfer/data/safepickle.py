@@ -19,11 +19,8 @@ from ..errors import DataError
 
 
 def _empty_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
-    """numpy's ``_reconstruct`` for the empty placeholder every ndarray pickle starts from, and nothing bigger.
-
-    ``__setstate__`` then sets the real shape and checks it against the bytes present, so a file can no longer
-    make the reader allocate an array far larger than itself.
-    """
+    """numpy's ``_reconstruct`` for the empty placeholder an ndarray pickle starts from, and nothing bigger:
+    ``__setstate__`` then checks the real shape against the bytes present, so no huge allocation is possible."""
     if subtype is not np.ndarray or not isinstance(shape, tuple) or math.prod(shape) != 0:
         raise pickle.UnpicklingError(f"refused to load an array placeholder of shape {shape!r} "
                                      f"(numpy writes an empty one)")
@@ -52,8 +49,7 @@ class RestrictedUnpickler(pickle.Unpickler):
 def load_pickle(path: Path) -> Any:
     """Read ``path`` with :class:`RestrictedUnpickler` (Python 2 strings decoded as latin-1)."""
     try:
-        data = path.read_bytes()
-        return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+        return RestrictedUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
     except pickle.UnpicklingError as e:
         if "refused" in str(e):
             raise DataError(f"{path}: {_one_line(e)}; the file is not a plain data pickle and was not loaded") from None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BitError, DataError, UnknownNameError
-from .base import ArrayDataset, ImageDataset, concat_datasets
+from .base import ImageDataset, concat_datasets
 from .cifar import load_cifar
 from .embedded import load_digits, load_mnist5k
 from .fashion import load_fashion_mnist
@@ -40,10 +40,7 @@ def list_datasets() -> list[str]:
 
 def _canonical(name: str) -> str | None:
     key = name.strip().lower().replace("_", "").replace("-", "")
-    for known in DATASETS:
-        if known.replace("-", "") == key:
-            return known
-    return None
+    return next((known for known in DATASETS if known.replace("-", "") == key), None)
 
 
 def parse_spec(spec: str) -> tuple[str, Path | None]:
@@ -71,16 +68,12 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 def _parts(spec: str) -> list[str]:
     """``a+b`` joins data sets, unless the '+' belongs to a path (then the spec is one data set)."""
     parts = spec.split("+")
-    if len(parts) > 1 and all(_canonical(p.partition(":")[0]) for p in parts):
-        return parts
-    return [spec]
+    return parts if len(parts) > 1 and all(_canonical(p.partition(":")[0]) for p in parts) else [spec]
 
 
 def canonical_spec(spec: str) -> str:
-    """``spec`` with its registered name and an absolute, normalised path, so one data set has one spelling.
-
-    ``+``-joined parts are canonicalised one by one; a spec that does not parse is returned unchanged.
-    """
+    """``spec`` with its registered name and an absolute, normalised path, so one data set has one spelling;
+    ``+``-joined parts are canonicalised one by one, and a spec that does not parse is returned unchanged."""
     if not isinstance(spec, str):
         return spec
     parts = _parts(spec)
@@ -100,8 +93,7 @@ def load_dataset(spec: str, split: str = "train", *, skip_corrupt: bool = False,
     if len(parts) > 1:
         if any(parse_spec(p)[0] == "imagefolder" for p in parts):
             raise DataError(f"'{spec}': only in-memory data sets (not imagefolder) can be joined with '+'")
-        sets = [load_dataset(p, split) for p in parts]
-        joined = concat_datasets([s for s in sets if isinstance(s, ArrayDataset)])
+        joined = concat_datasets([load_dataset(p, split) for p in parts])
         joined.transform = transform
         return joined
     name, path = parse_spec(spec)

@@ -15,11 +15,8 @@ log = logging.getLogger("bigtransfer")
 
 
 def load_run_data(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
-    """(train set, eval set or None) as a checked run config (a RunConfig) names them; few-shot when ``shots`` is set.
-
-    With ``val_split`` the eval set is a seeded, class-stratified hold-out of the train split and ``eval_split`` is
-    not read; ``shots`` then samples from the part that is kept.
-    """
+    """(train set, eval set or None) as a checked run config names them; ``val_split`` holds out part of the train
+    split (``eval_split`` then unread) and ``shots`` samples a few-shot train set from what is kept."""
     c = attribute_view(cfg)
     if not c.data:
         raise BitError("no data: pass --data NAME:PATH (e.g. imagefolder:/data/pets, cifar10:/data/cifar)")
@@ -30,7 +27,10 @@ def load_run_data(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
     split = c.eval_split or "none"
     rest = None
     if c.shots is not None:
-        train, rest = _few_shot(train, c.shots, c.seed, check_rest=held is None and split == "rest")
+        if held is None and split == "rest" and (empty := rest_check(train, c.shots, flag="shots")):
+            log.warning("k=%d per class leaves no image of class %s to evaluate on (eval_split rest); balanced "
+                        "accuracy averages the other classes", c.shots, ", ".join(f"'{n}'" for n in empty[:5]))
+        train, rest = fewshot_split(train, c.shots, c.seed)
     if held is not None:
         return train, held
     if split == "none":
@@ -40,12 +40,3 @@ def load_run_data(cfg: Any) -> tuple[ImageDataset, ImageDataset | None]:
             raise BitError("eval_split 'rest' needs shots (the rest of a few-shot split)")
         return train, rest
     return train, load_dataset(c.data, split, skip_corrupt=c.skip_corrupt)
-
-
-def _few_shot(train: ImageDataset, shots: int, seed: int, check_rest: bool):
-    if check_rest:
-        empty = rest_check(train, shots, flag="shots")
-        if empty:
-            log.warning("k=%d per class leaves no image of class %s to evaluate on (eval_split rest); balanced "
-                        "accuracy averages the other classes", shots, ", ".join(f"'{c}'" for c in empty[:5]))
-    return fewshot_split(train, shots, seed)

@@ -39,11 +39,8 @@ class Unwrap:
 
 
 class ToNormalized(v2.Normalize):
-    """uint8 image to float32 in [0, 1], then ``(x - mean) / std``, as a plain tensor.
-
-    ``v2.ToDtype(float32, scale=True)``, ``v2.Normalize`` and ``v2.ToPureTensor`` in one step, with the same kernels
-    and so the same numbers, with less per-image dispatch (the data loader runs it once per image).
-    """
+    """uint8 image to float32 in [0, 1], then ``(x - mean) / std``, as a plain tensor: ``v2.ToDtype``, ``v2.Normalize``
+    and ``v2.ToPureTensor`` in one step, with the same kernels (so the same numbers) and less per-image dispatch."""
 
     def forward(self, image: Any) -> torch.Tensor:
         x = image.as_subclass(torch.Tensor) if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
@@ -57,10 +54,8 @@ def _pipeline(steps: list[Any], mean: Floats, std: Floats) -> v2.Compose:
 
 def hyperrule_train(precrop: int, crop: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD, flip: bool = True,
                     randaugment: tuple[int, int] | None = None) -> v2.Compose:
-    """Squash-resize to (precrop, precrop), random crop, horizontal flip (unless ``flip=False``), normalise.
-
-    ``randaugment=(num_ops, magnitude)`` adds RandAugment after the flip (the MindSpore CIFAR-10 recipe).
-    """
+    """Squash-resize to (precrop, precrop), random crop, horizontal flip (unless ``flip=False``), normalise;
+    ``randaugment=(num_ops, magnitude)`` adds RandAugment after the flip (the MindSpore CIFAR-10 recipe)."""
     steps: list[Any] = [v2.Resize((precrop, precrop), antialias=True), v2.RandomCrop(crop)]
     if flip:
         steps.append(v2.RandomHorizontalFlip())
@@ -77,10 +72,8 @@ def hyperrule_eval(crop: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD) ->
 def train_recipe(size: int, mean: Floats = BIT_MEAN, std: Floats = BIT_STD, *,
                  scale: tuple[float, float] = (0.08, 1.0), hflip: float = 0.5, color_jitter: float | None = 0.4,
                  randaugment: tuple[int, int] | None = None) -> v2.Compose:
-    """RandomResizedCrop, flip, then RandAugment (num_ops, magnitude) or else colour jitter, and normalise.
-
-    As in mindcv, colour jitter applies only when no RandAugment is asked for.
-    """
+    """RandomResizedCrop, flip, then RandAugment (num_ops, magnitude) or else (as in mindcv) colour jitter, and
+    normalise."""
     steps: list[Any] = [v2.RandomResizedCrop(size, scale=tuple(scale), antialias=True)]
     if hflip > 0:
         steps.append(v2.RandomHorizontalFlip(hflip))

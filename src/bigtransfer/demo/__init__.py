@@ -1,11 +1,9 @@
 """The offline demo: pre-train small BiT upstreams on real packaged data, then few-shot transfer to a suite of tasks.
 
-Upstream "S" is Fashion-MNIST (60k images, 10 classes); upstream "M" adds the MNIST-5k digits (65k, 20 classes),
-the offline analogue of BiT-S against BiT-M; "L" adds 60k formula-driven fractal images of 100 more classes.
-Downstream is a suite of four tasks from distinct domains (digit scans, printed letters, shapes, textures; see
-``tasks.py``) at k examples per class, each against baselines with recipes of their own: the same network from
-scratch, a linear probe on frozen features and logistic regression on raw pixels. Every few-shot cell runs on the
-engine's sweep (``engine.fewshot.sweep_tasks``), as ``bit fewshot`` does.
+Upstream "S" is Fashion-MNIST, "M" adds the MNIST-5k digits (the offline analogue of BiT-S against BiT-M) and "L"
+adds formula-driven fractals. Each task of ``tasks.py`` runs at k examples per class against baselines with recipes
+of their own: the same network from scratch, a linear probe on frozen features and logistic regression on raw
+pixels, every cell on the engine's sweep (``engine.fewshot.sweep_tasks``), as ``bit fewshot`` does.
 """
 
 from __future__ import annotations
@@ -50,7 +48,6 @@ from .report import (
     describe_suite,
     results_payload,
     suite_checks,
-    write_report,
     write_suite_report,
 )
 from .upstream import (
@@ -112,12 +109,8 @@ def _downstream(name: str, per_class: int = 150):
 
 def run_all(cfg: DemoConfig, methods: dict[str, dict], needs: dict[str, set[str]], folder: Path, processes: int
             ) -> tuple[dict[str, Upstream], dict[str, dict[str, dict[int, list[float]]]], dict[str, list[dict]]]:
-    """Pre-train the upstreams and run every (task, method, k, seed) cell; returns (upstreams, results, rows), the
-    last two per task.
-
-    With several processes, the upstreams train side by side and each cell starts as soon as the upstream it needs
-    is ready (scratch cells at once); finished cells and the quick pixel baseline run here.
-    """
+    """Pre-train the upstreams and run every (task, method, k, seed) cell, each as soon as its upstream is ready;
+    returns (upstreams, results per task, cell rows per task)."""
     from ..engine.fewshot import Task, sweep_tasks
 
     tasks = {}
@@ -168,7 +161,7 @@ def run_demo(cfg: DemoConfig) -> DemoResult:
 
     best = transfer_name(best_upstream(ups))
     checks = suite_checks(results, best, TARGETS)
-    table, paths = write_report(cfg, results, checks)
+    table, paths = write_suite_report(cfg.out, results, checks, len(cfg.seeds))
     seconds = time.perf_counter() - start
     recipes = {m: {k: v for k, v in c.items() if C.DEFAULTS.get(k, k) != v} for m, c in methods.items()}
     payload = {**results_payload(cfg, results, rows, checks, ups, recipes), "cells_dir": str(folder),

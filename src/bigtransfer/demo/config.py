@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import config as C
 from .tasks import SUITE
 
 DEMO_VERSION = 1  # part of every cache key: bump when the demo's data preparation changes
@@ -65,7 +64,6 @@ class DemoConfig:
     progress: bool = True
 
 
-
 def quick_config(**settings) -> DemoConfig:
     """A tiny schedule that runs the whole pipeline in seconds: a check of the plumbing, not of the claim."""
     quick = dict(shots=(1, 2), seeds=(0,), upstream_images=512, upstream_eval_images=256,
@@ -75,15 +73,10 @@ def quick_config(**settings) -> DemoConfig:
     return DemoConfig(**{**quick, **settings})
 
 
-
 def cache_root(home: str | os.PathLike | None = None) -> Path:
     """``home``, else ``$BIGTRANSFER_HOME``, else ``~/.cache/bigtransfer``."""
     if home:
         return Path(home).expanduser()
     env = os.environ.get("BIGTRANSFER_HOME")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "bigtransfer"
-
-
-def _hash(payload: dict) -> str:
-    return C.identity({"demo_version": DEMO_VERSION, **payload})
 

@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
+from ..data import ArrayDataset, concat_datasets, ensure_fashion_mnist, load_fashion_mnist, load_mnist5k
 from ..engine.baselines import pixel_baseline  # noqa: F401  (the demo's raw-pixel baseline)
 from ..errors import BitError
 from .config import DOWNSTREAMS, UPSTREAM_SIZES, UPSTREAMS, cache_root
+from .fractals import fractals as make_fractals
+from .tasks import task_data
 
 
 def _subset(ds, n: int | None, seed: int = 0):
     """A seeded random subset of ``n`` images of an in-memory set (all of it when ``n`` is None or too large)."""
-    from ..data import ArrayDataset
-
     if n is None or n >= len(ds):
         return ds
     idx = np.sort(np.random.Generator(np.random.PCG64(seed)).permutation(len(ds))[:n])
@@ -22,16 +25,8 @@ def _subset(ds, n: int | None, seed: int = 0):
 
 
 def low_resolution(ds, sizes: tuple[int, int], seed: int = 0):
-    """A copy of ``ds`` where each image is shrunk to a seeded random square size in ``sizes`` and scaled back.
-
-    Upstream features then cover coarse as well as sharp versions of the same shapes, as small or blurry
-    downstream images (such as 8x8 scans) look.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from ..data import ArrayDataset
-
+    """A copy of ``ds`` with each image shrunk to a seeded random square size in ``sizes`` and scaled back, so upstream
+    features cover coarse versions of shapes too, as small or blurry downstream images (8x8 scans) look."""
     lo, hi = int(sizes[0]), int(sizes[1])
     h, w = ds.image_size
     if not 1 <= lo <= hi:
@@ -53,8 +48,6 @@ def low_resolution(ds, sizes: tuple[int, int], seed: int = 0):
 def balance_classes(ds, seed: int = 0):
     """A copy of ``ds`` where every class has as many images as the largest (small classes repeated, in order,
     then topped up at random), so training sees each class equally often."""
-    from ..data import ArrayDataset
-
     counts = np.bincount(ds.targets, minlength=ds.num_classes)
     most = int(counts.max())
     rng = np.random.Generator(np.random.PCG64([seed, 3]))
@@ -70,11 +63,6 @@ def balance_classes(ds, seed: int = 0):
 def zoom_stretch(ds, zoom: tuple[float, float], stretch: float = 1.0, seed: int = 0):
     """A copy of ``ds`` where each image is zoomed about its centre by a seeded random factor in ``zoom`` and its
     width stretched against its height by up to ``stretch`` (scale and aspect-ratio jitter, drawn once)."""
-    import torch
-    import torch.nn.functional as F
-
-    from ..data import ArrayDataset
-
     lo, hi = float(zoom[0]), float(zoom[1])
     if not 0 < lo <= hi or stretch < 1:
         raise BitError(f"zoom range {zoom} must be positive, smallest first, and stretch {stretch} at least 1")
@@ -96,8 +84,6 @@ def zoom_stretch(ds, zoom: tuple[float, float], stretch: float = 1.0, seed: int 
 
 def fashion_mnist(split: str, home: Path | None = None):
     """Fashion-MNIST ``split``, fetched from Debian's package into the cache when the system has no copy."""
-    from ..data import ensure_fashion_mnist, load_fashion_mnist
-
     folder = ensure_fashion_mnist(cache_root(home) / "datasets")
     return load_fashion_mnist(folder, split)
 
@@ -105,12 +91,8 @@ def fashion_mnist(split: str, home: Path | None = None):
 def upstream_data(kind: str, images: int | None = None, eval_images: int | None = None, home: Path | None = None,
                   low_res: tuple[int, int] | None = None, zoom: tuple[float, float] | None = None,
                   stretch: float = 1.0, balance: bool = False, fractals: tuple[int, int] = (100, 600)):
-    """(train set, Fashion-MNIST test set labelled in the same classes or None) of upstream ``kind``.
-
-    L is M (balanced as M is) followed by ``fractals`` = (classes, images per class) of IFS fractals, each image once.
-    """
-    from ..data import ArrayDataset, concat_datasets, load_mnist5k
-
+    """(train set, Fashion-MNIST test set labelled in the same classes or None) of upstream ``kind``; L is M (balanced
+    as M is) followed by ``fractals`` = (classes, images per class) of IFS fractals, each image once."""
     if kind not in UPSTREAMS:
         raise BitError(f"unknown upstream '{kind}': choose from {', '.join(UPSTREAMS)}")
     fashion = fashion_mnist("train", home)
@@ -120,8 +102,6 @@ def upstream_data(kind: str, images: int | None = None, eval_images: int | None 
     if balance:
         train = balance_classes(train)
     if kind == "L":
-        from .fractals import fractals as make_fractals
-
         classes, per_class = fractals
         extra = make_fractals(classes, max(1, round(share * per_class)))
         train = concat_datasets([train, extra], name="fashion-mnist+mnist5k+fractals")
@@ -129,18 +109,14 @@ def upstream_data(kind: str, images: int | None = None, eval_images: int | None 
         train = zoom_stretch(train, zoom or (1.0, 1.0), stretch)
     if low_res:
         train = low_resolution(train, low_res)
-    test = None
-    if eval_images != 0:
-        full = fashion_mnist("test", home)
-        test = _subset(ArrayDataset(full.images, full.targets, train.classes, "fashion-mnist:test"), eval_images)
-    return train, test
+    if eval_images == 0:
+        return train, None
+    full = fashion_mnist("test", home)
+    return train, _subset(ArrayDataset(full.images, full.targets, train.classes, "fashion-mnist:test"), eval_images)
 
 
 def downstream_data(name: str, per_class: int = 150):
     """A downstream task (one split; each few-shot cell is scored on the images it did not train on)."""
-    from ..data import load_mnist5k
-    from .tasks import task_data
-
     if name == "mnist5k":
         return load_mnist5k()
     if name not in DOWNSTREAMS:

@@ -48,8 +48,8 @@ def _chaos(params: np.ndarray, cum: np.ndarray, chains: int, rng: np.random.Gene
     return np.concatenate(xs, axis=1), np.concatenate(ys, axis=1)
 
 
-def _to_pixels(x: np.ndarray, y: np.ndarray, size: int, scale: np.ndarray, shift_x: np.ndarray,
-               shift_y: np.ndarray) -> np.ndarray:
+def _to_pixels(x: np.ndarray, y: np.ndarray, size: int, scale: np.ndarray | float = 1.0,
+               shift_x: np.ndarray | float = 0.0, shift_y: np.ndarray | float = 0.0) -> np.ndarray:
     """Flat pixel indices, per image, of points fitted to their bounding box (aspect kept) and then placed at
     ``scale`` (fraction of the frame) and offset ``shift`` (pixels) in a ``size`` x ``size`` frame."""
     lo_x, hi_x = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
@@ -63,13 +63,6 @@ def _to_pixels(x: np.ndarray, y: np.ndarray, size: int, scale: np.ndarray, shift
     return row * size + col
 
 
-def _fill_rate(params: np.ndarray, cum: np.ndarray, rng: np.random.Generator) -> float:
-    """Fraction of a FILL_GRID x FILL_GRID grid that the attractor of one system covers."""
-    x, y = _chaos(params[None], cum, 1024, rng)
-    pixels = _to_pixels(x, y, FILL_GRID, np.ones((1, 1)), np.zeros((1, 1)), np.zeros((1, 1)))
-    return len(np.unique(pixels)) / FILL_GRID**2
-
-
 def _class_system(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A random IFS (n, 6) with n in 2..4, parameters uniform in [-1, 1], contractive and with its filling
     rate in FILL_BAND, and its maps' cumulative probabilities, proportional to |det|."""
@@ -79,7 +72,8 @@ def _class_system(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
             continue
         weight = np.abs(params[:, 0] * params[:, 3] - params[:, 1] * params[:, 2]) + 1e-3
         cum = np.cumsum(weight / weight.sum())
-        if FILL_BAND[0] <= _fill_rate(params, cum, rng) <= FILL_BAND[1]:
+        x, y = _chaos(params[None], cum, 1024, rng)
+        if FILL_BAND[0] <= len(np.unique(_to_pixels(x, y, FILL_GRID))) / FILL_GRID**2 <= FILL_BAND[1]:
             return params, cum
 
 

@@ -1,9 +1,8 @@
 """The transfer suite: four downstream tasks from domains no upstream contains, built from what ships offline.
 
-Besides scikit-learn's digits, three 32x32 grey tasks are generated in memory: printed letters in the fonts that
-ship with matplotlib, geometric shapes and procedural textures. Each is a pure function of ``(per_class, seed)``:
-numpy's PCG64 draws every random choice and PIL draws every image on one thread, so the same arguments give
-the same bytes wherever the same numpy, Pillow (FreeType) and matplotlib fonts are installed.
+Besides scikit-learn's digits, three 32x32 grey tasks (``SUITE``) are generated, each a pure function of
+``(per_class, seed)``: numpy's PCG64 draws every random choice and PIL draws every image on one thread, so the same
+arguments give the same bytes wherever the same numpy, Pillow (FreeType) and matplotlib fonts are installed.
 """
 
 from __future__ import annotations
@@ -96,8 +95,7 @@ def _affine(image: Image.Image, scale: float, angle: float, shift: np.ndarray, s
 def glyphs(per_class: int = 150, seed: int = 0) -> ArrayDataset:
     """Printed letters: per image a random font, size (x0.8-1.05), rotation (+-10 deg), shear (+-0.15), shift
     (+-2 px), ink and background grey, noise."""
-    text = "".join(LETTERS)
-    bank, rng = _glyph_bank(text), _rng(per_class, seed, 1)
+    bank, rng = _glyph_bank("".join(LETTERS)), _rng(per_class, seed, 1)
     images = []
     for c in range(len(LETTERS)):
         for _ in range(per_class):
@@ -178,23 +176,19 @@ def _field(c: int, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np
     u, v = x * np.cos(tilt) + y * np.sin(tilt), y * np.cos(tilt) - x * np.sin(tilt)  # tilted axes
     cx, cy = rng.uniform(-2, 2, size=2)
     r, theta = np.hypot(x - cx, y - cy), np.arctan2(y - cy, x - cx)
-    if TEXTURES[c] == "horizontal stripes":
-        return np.sin(f * v + phase)
-    if TEXTURES[c] == "vertical stripes":
-        return np.sin(f * u + phase)
-    if TEXTURES[c] == "checkerboard":
-        return np.sign(np.sin(f * u / 1.5 + phase) * np.sin(f * v / 1.5 + phase))
-    if TEXTURES[c] == "dots":
-        return 2 * (np.cos(f * u + phase) * np.cos(f * v + phase) > 0.5) - 1.0
-    if TEXTURES[c] == "rings":
-        return np.sin(f * r + phase)
-    if TEXTURES[c] == "grid":
-        return 2 * np.maximum(np.cos(f * u + phase), np.cos(f * v + phase)) ** 8 - 1
-    if TEXTURES[c] == "zigzag":
-        return np.sin(f * v + 2.5 * np.abs(((u * f / 4 + phase) % 2) - 1) * np.pi + phase)
-    if TEXTURES[c] == "spokes":
-        return np.sin(rng.integers(5, 9) * theta + phase)
-    return _noise(rng, 3.0 if TEXTURES[c] == "blobs" else 0.6)
+    fields = {
+        "horizontal stripes": lambda: np.sin(f * v + phase),
+        "vertical stripes": lambda: np.sin(f * u + phase),
+        "checkerboard": lambda: np.sign(np.sin(f * u / 1.5 + phase) * np.sin(f * v / 1.5 + phase)),
+        "dots": lambda: 2 * (np.cos(f * u + phase) * np.cos(f * v + phase) > 0.5) - 1.0,
+        "rings": lambda: np.sin(f * r + phase),
+        "grid": lambda: 2 * np.maximum(np.cos(f * u + phase), np.cos(f * v + phase)) ** 8 - 1,
+        "zigzag": lambda: np.sin(f * v + 2.5 * np.abs(((u * f / 4 + phase) % 2) - 1) * np.pi + phase),
+        "spokes": lambda: np.sin(rng.integers(5, 9) * theta + phase),
+        "blobs": lambda: _noise(rng, 3.0),
+        "speckle": lambda: _noise(rng, 0.6),
+    }
+    return fields[TEXTURES[c]]()
 
 
 def _noise(rng: np.random.Generator, scale: float) -> np.ndarray:

@@ -15,7 +15,7 @@ import yaml
 
 from ..engine import config as C
 from ..engine.fewshot import Dependency, is_finished
-from .config import BALANCED_SIZES, UPSTREAM_SIZES, UPSTREAMS, DemoConfig, _hash, cache_root
+from .config import BALANCED_SIZES, DEMO_VERSION, UPSTREAM_SIZES, UPSTREAMS, DemoConfig, cache_root
 from .data import upstream_data
 
 log = logging.getLogger("bigtransfer")
@@ -33,7 +33,6 @@ class Upstream:
     summary: dict
 
 
-
 def _recipe(name: str, overrides: dict, source: str) -> dict:
     from ..recipes import load_recipe
 
@@ -47,17 +46,13 @@ def upstream_config(cfg: DemoConfig, kind: str) -> dict:
 
 
 def upstream_key(cfg: DemoConfig, kind: str) -> str:
-    """The cache key of upstream ``kind``: its recipe, its data and the subset size.
-
-    The recipe enters by its run identity, which leaves out settings at their default: a setting added to the engine
-    later keeps cached upstreams valid.
-    """
+    """The cache key of upstream ``kind``: the demo version, its data preparation and its recipe's run identity
+    (which leaves out settings at their default, so a setting added to the engine later keeps the cache valid)."""
     fractals = {"fractals": [cfg.fractal_classes, cfg.fractal_images]} if kind == "L" else {}
-    return _hash({"upstream": kind, "images": cfg.upstream_images, "eval_images": cfg.upstream_eval_images,
-                  "low_res": list(cfg.upstream_low_res or []), "zoom": list(cfg.upstream_zoom or []),
-                  "stretch": cfg.upstream_stretch, "balance": cfg.upstream_balance,
-                  "config": C.identity(upstream_config(cfg, kind)), **fractals})
-
+    return C.identity({"demo_version": DEMO_VERSION, "upstream": kind, "images": cfg.upstream_images,
+                       "eval_images": cfg.upstream_eval_images, "low_res": list(cfg.upstream_low_res or []),
+                       "zoom": list(cfg.upstream_zoom or []), "stretch": cfg.upstream_stretch,
+                       "balance": cfg.upstream_balance, "config": C.identity(upstream_config(cfg, kind)), **fractals})
 
 
 def _write_backbone(run_dir: Path) -> Path:
@@ -92,10 +87,8 @@ def upstream_steps(cfg: DemoConfig, kind: str) -> int:
 
 
 def pretrain_upstream(cfg: DemoConfig, kind: str, quiet: bool | None = None) -> Upstream:
-    """Pre-train upstream ``kind`` into the cache, or reuse the finished run (an interrupted one resumes).
-
-    ``quiet`` hides its progress bar (default: as ``cfg.progress`` says).
-    """
+    """Pre-train upstream ``kind`` into the cache, or reuse the finished run (an interrupted one resumes);
+    ``quiet`` hides its progress bar (default: as ``cfg.progress`` says)."""
     from ..engine.trainer import train
 
     start = time.perf_counter()
@@ -118,7 +111,6 @@ def pretrain_upstream(cfg: DemoConfig, kind: str, quiet: bool | None = None) -> 
     backbone = _write_backbone(run_dir)
     summary = json.loads((run_dir / "summary.json").read_text())
     return Upstream(kind, run_dir, backbone, cached, time.perf_counter() - start, summary)
-
 
 
 def dependencies(cfg: DemoConfig) -> dict[str, Dependency]:

@@ -1,11 +1,9 @@
-"""Few-shot baselines: the same network from scratch, a linear probe, and logistic regression on raw pixels.
-
-The two engine baselines train with a recipe made for them (``recipes/scratch.yaml``, ``recipes/probe.yaml``) laid
-over the sweep's model, data and resolution; the pixel baseline is computed here from the images alone.
-"""
+"""Few-shot baselines: the same network from scratch and a linear probe (each with its own recipe laid over the
+sweep's model, data and resolution), and logistic regression on raw pixels, computed here from the images alone."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -73,21 +71,19 @@ def pixel_baseline(train_set, eval_set=None, metric: str = "balanced_accuracy", 
     from ..data import fewshot_indices
 
     y = np.asarray(train_set.targets)
-    cache: dict[str, np.ndarray] = {}
 
-    def matrix(which: str, dataset) -> np.ndarray:
-        if which not in cache:
-            cache[which] = pixel_matrix(dataset, size, progress)
-        return cache[which]
+    @functools.cache
+    def matrix(which: str) -> np.ndarray:
+        return pixel_matrix(train_set if which == "train" else eval_set, size, progress)
 
     def score(k: int, seed: int) -> float:
-        x = matrix("train", train_set)
+        x = matrix("train")
         chosen = fewshot_indices(y, int(k), int(seed), train_set.classes)
         if eval_set is None:
             rest = np.setdiff1d(np.arange(len(y)), chosen, assume_unique=True)
             xe, ye = x[rest], y[rest]
         else:
-            xe, ye = matrix("eval", eval_set), np.asarray(eval_set.targets)
+            xe, ye = matrix("eval"), np.asarray(eval_set.targets)
         # one BLAS thread: beside training processes, more threads oversubscribe the cores and run far slower
         with threadpool_limits(1):
             clf = LogisticRegression(max_iter=2000).fit(x[chosen] / 255.0, y[chosen])

@@ -1,9 +1,6 @@
-"""Crash-safe checkpoints: each one a folder written aside, fsynced, then renamed into place.
-
-``checkpoints/step_00000500/`` holds ``model.safetensors``, ``ema.safetensors`` (when EMA is on) and ``state.pt``
-(optimizer, scaler and loop state, plain tensors and numbers that load with ``weights_only=True``). The file
-``checkpoints/latest`` names the newest; the one before it is kept so a corrupt newest one can be skipped.
-"""
+"""Crash-safe checkpoints: each a folder (``step_00000500/``: ``model.safetensors``, ``ema.safetensors`` with EMA, and
+``state.pt``, loop state that loads with ``weights_only=True``) written aside, fsynced, then renamed into place.
+``latest`` names the newest; the one before it is kept so a corrupt newest one can be skipped."""
 
 from __future__ import annotations
 
@@ -24,21 +21,13 @@ log = logging.getLogger("bigtransfer")
 LATEST = "latest"
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file or a folder (its entries) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _state_for_safetensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in state.items()}
 
 
 def _remove_stale_temps(root: Path) -> None:
@@ -57,11 +46,8 @@ def _remove_stale_temps(root: Path) -> None:
 
 def save_checkpoint(root: str | os.PathLike, step: int, model_state: dict, train_state: dict,
                     ema_state: dict | None = None, keep: int = 2) -> Path:
-    """Write checkpoint ``step`` under ``root`` atomically; older ones beyond ``keep`` are removed.
-
-    Any failure (full disk, read-only folder) removes the partial folder, leaves the earlier checkpoints and
-    ``latest`` as they were, and raises a one-line CheckpointError. Files get mode 0o666 less the umask.
-    """
+    """Write checkpoint ``step`` under ``root`` atomically (mode 0o666 less the umask), keeping the newest ``keep``. A
+    failure removes the partial folder, leaves earlier ones and ``latest`` as they were, raises a CheckpointError."""
     root = Path(root)
     final = root / f"step_{step:08d}"
     tmp = root / f".tmp_step_{step:08d}_{os.getpid()}"
@@ -73,23 +59,23 @@ def save_checkpoint(root: str | os.PathLike, step: int, model_state: dict, train
         _remove_stale_temps(root)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        files = {"model.safetensors": model_state, "ema.safetensors": ema_state}
-        for name, state in files.items():
+        for name, state in (("model.safetensors", model_state), ("ema.safetensors", ema_state)):
             if state is not None:
-                save_file(_state_for_safetensors(state), tmp / name, metadata={"step": str(step)})
+                cpu_state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+                save_file(cpu_state, tmp / name, metadata={"step": str(step)})
         torch.save({**train_state, "step": step}, tmp / "state.pt")
         mode = file_mode()
         for f in tmp.iterdir():
             os.chmod(f, mode)  # safetensors writes private files whatever the umask
-            _fsync_file(f)
+            _fsync(f)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
         renamed = True
         pointer.write_text(final.name + "\n")
-        _fsync_file(pointer)
+        _fsync(pointer)
         os.replace(pointer, root / LATEST)
-        _fsync_dir(root)
+        _fsync(root)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -114,11 +100,8 @@ def read_latest_name(root: Path) -> str | None:
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[Path]:
-    """Checkpoint folders under ``root``, newest first."""
-    root = Path(root)
-    if not root.is_dir():
-        return []
-    return sorted((p for p in root.glob("step_*") if p.is_dir()), key=lambda p: p.name, reverse=True)
+    """Checkpoint folders under ``root``, newest first (none when it is not a folder)."""
+    return sorted((p for p in Path(root).glob("step_*") if p.is_dir()), key=lambda p: p.name, reverse=True)
 
 
 def load_checkpoint_dir(path: Path) -> tuple[dict, dict, dict | None]:
@@ -138,8 +121,7 @@ def load_latest(root: str | os.PathLike) -> tuple[Path, dict, dict, dict | None]
     root = Path(root)
     candidates = list_checkpoints(root)
     latest = read_latest_name(root)
-    if latest:
-        candidates.sort(key=lambda p: p.name != latest)  # the pointed-to one first, order otherwise kept
+    candidates.sort(key=lambda p: p.name != latest)  # the pointed-to one first, order otherwise kept
     for path in candidates:
         try:
             return (path, *load_checkpoint_dir(path))

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from ..data.spec import canonical_spec
 from ..errors import BitError, UnknownNameError
 
 MIN_RESOLUTION = 32  # the network's total stride: the stem divides by 4, three stride-2 stages by 8 more
@@ -34,13 +35,12 @@ def _real(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _num(low: float = 0, strict: bool = True, integer: bool = False, what: str | None = None) -> Check:
-    """A number above ``low`` (at least ``low`` unless ``strict``); an integer setting is stored as an int."""
-    kind = "an integer" if integer else "a number"
-    what = what or f"{kind} {f'above {low:g}' if strict else f'of at least {low:g}'}"
+def _num(strict: bool = True, integer: bool = False, what: str | None = None) -> Check:
+    """A number above 0 (at least 0 unless ``strict``); an integer setting is stored as an int."""
+    what = what or f"{'an integer' if integer else 'a number'} {'above 0' if strict else 'of at least 0'}"
 
     def check(key: str, value: Any) -> Any:
-        ok = _real(value) and (value > low if strict else value >= low)
+        ok = _real(value) and (value > 0 if strict else value >= 0)
         if not ok or (integer and not float(value).is_integer()):
             _fail(key, what, value)
         return int(value) if integer else value
@@ -215,11 +215,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], source: str = "the run config", *, strict: bool = True) -> RunConfig:
-        """The settings of ``d``, each checked (a one-line BitError naming the key); missing keys take defaults.
-
-        Unknown keys are errors that suggest the closest key; ``strict=False`` drops them instead (a saved
-        ``config.yaml`` of another version).
-        """
+        """The settings of ``d``, each checked (a one-line BitError naming the key); missing keys take defaults. Unknown
+        keys are errors that suggest the closest key; ``strict=False`` drops them (a config.yaml of another version)."""
         if strict:
             check_keys(d, source)
         order = [*(key for key in _CHECK_FIRST if key in d), *(key for key in d if key not in _CHECK_FIRST)]
@@ -279,9 +276,7 @@ def check_keys(cfg: Mapping[str, Any], source: str) -> None:
 def merge(base: dict, update: dict, source: str) -> dict:
     """``base`` with ``update`` on top; unknown keys are errors that suggest the closest key."""
     check_keys(update, source)
-    out = copy.deepcopy(base)
-    out.update(copy.deepcopy(update))
-    return out
+    return {**copy.deepcopy(base), **copy.deepcopy(update)}
 
 
 def parse_overrides(items: list[str] | None) -> dict:
@@ -296,20 +291,12 @@ def parse_overrides(items: list[str] | None) -> dict:
     return out
 
 
-_UNSET = object()
-
-
 def identity(cfg: Mapping[str, Any] | RunConfig) -> str:
     """A short hash of what the run computes, to recognise the same run in a folder (one data set, one spelling).
-
-    Settings at their default value are left out, so a setting added later does not change the identity of runs
-    (and cached results) made before it. A RunConfig counts as its ``to_dict()``.
-    """
-    from ..data.spec import canonical_spec
-
+    Settings at their default are left out, so a setting added later keeps the identity of earlier runs."""
     if isinstance(cfg, RunConfig):
         cfg = cfg.to_dict()
-    data = {k: v for k, v in sorted(cfg.items()) if k not in NON_IDENTITY and DEFAULTS.get(k, _UNSET) != v}
+    data = {k: v for k, v in sorted(cfg.items()) if k not in NON_IDENTITY and (k not in DEFAULTS or DEFAULTS[k] != v)}
     if isinstance(data.get("data"), str):
         data["data"] = canonical_spec(data["data"])
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]

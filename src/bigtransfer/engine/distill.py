@@ -1,8 +1,7 @@
 """Distillation by function matching (Beyer et al., "A good teacher is patient and consistent", CVPR 2022).
 
-The student is trained to match the teacher's softmax on the very same augmented, mixed batch: the teacher sees
-exactly the student's input (consistent), over a long schedule (patient). Labels are read only to evaluate.
-"""
+The student matches the teacher's softmax on the very same augmented, mixed batch (consistent), over a long schedule
+(patient). Labels are read only to evaluate."""
 
 from __future__ import annotations
 
@@ -92,20 +91,19 @@ class Distiller(Trainer):
         if self._teacher_eval is None:
             loader = DataLoader(SeededTransform(self.eval_set, self.eval_tf), batch_size=64)
             logits = torch.cat([self.teacher_logits(x.to(self.device)).cpu() for x, _ in loader])
-            n = self.cfg.num_classes
-            confusion, top5 = counts_from_logits(logits, torch.as_tensor(self.eval_set.targets), n)
+            confusion, top5 = counts_from_logits(logits, torch.as_tensor(self.eval_set.targets), self.cfg.num_classes)
             self._teacher_eval = {"pred": logits.argmax(1), **summarize(confusion.numpy(), top5, self.classes)}
         return self._teacher_eval
 
     def eval_reference(self) -> torch.Tensor:
         return self._teacher_on_eval()["pred"]
 
-    def _evaluate(self, ema=None) -> dict:
-        row = super()._evaluate(ema)
+    def _evaluate(self, ema=None) -> tuple[dict, dict]:
+        row, full = super()._evaluate(ema)
         teacher = self._teacher_on_eval()
         row.update(teacher_top1=teacher["top1"], teacher_balanced_accuracy=teacher["balanced_accuracy"])
-        row["_full"].update({f"teacher_{k}": teacher[k] for k in ("top1", "top5", "balanced_accuracy")})
-        return row
+        full.update({f"teacher_{k}": teacher[k] for k in ("top1", "top5", "balanced_accuracy")})
+        return row, full
 
 
 def _check_classes(teacher: LoadedModel, train_set, eval_set) -> None:
@@ -128,6 +126,4 @@ def distill(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, dry_run:
     """Resolve, distil and evaluate one run (resuming ``run_dir`` when it holds the same run)."""
     kwargs.setdefault("announce", not kwargs.get("quiet", False))
     distiller = Distiller(cfg, run_dir, dry_run=dry_run, **kwargs)
-    if dry_run:
-        return RunResult(Path(run_dir), distiller.cfg, distiller.model)
-    return distiller.fit()
+    return RunResult(Path(run_dir), distiller.cfg, distiller.model) if dry_run else distiller.fit()

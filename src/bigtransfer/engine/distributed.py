@@ -53,22 +53,15 @@ def init_distributed(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
         store = _attempt_store(world)
-        if store is None:
-            dist.init_process_group(backend=backend)
-        else:
-            dist.init_process_group(backend=backend, store=store, rank=int(os.environ["RANK"]), world_size=world)
+        rendezvous = {} if store is None else {"store": store, "rank": int(os.environ["RANK"]), "world_size": world}
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", **rendezvous)
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def _attempt_store(world: int):
-    """Under torchrun's shared rendezvous store, a key space of this restart attempt's own, or None.
-
-    The elastic agent keeps one store across restarts, so the killed workers' gloo addresses are still
-    in it when the new workers connect; without a per-attempt prefix about half the restarts fail with
-    ``Gloo connectFullMesh failed ... Connection refused``.
-    """
+    """Under torchrun's shared rendezvous store, a key space of this restart attempt's own, or None: the store keeps
+    the killed workers' gloo addresses, so without it about half the restarts fail (``Gloo connectFullMesh failed``)."""
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if attempt is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
         return None

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from ..models.fast import prepare_for_inference
 from .distributed import DistInfo, all_reduce_sum
 from .sampling import shard
 
@@ -36,8 +37,8 @@ def summarize(confusion: np.ndarray, top5_hits: int, classes: list[str] | None =
     confusion = np.asarray(confusion, dtype=np.int64)
     total = int(confusion.sum())
     support = confusion.sum(1)
-    per_class = np.divide(np.diag(confusion), support, out=np.zeros(len(support)), where=support > 0)
     present = support > 0
+    per_class = np.divide(np.diag(confusion), support, out=np.zeros(len(support)), where=present)
     return {
         "n": total,
         "top1": 100.0 * np.trace(confusion) / max(total, 1),
@@ -54,11 +55,8 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
              device: torch.device | None = None, precision: str = "fp32", channels_last: bool = False,
              info: DistInfo | None = None, classes: list[str] | None = None, progress: bool = False,
              reference: torch.Tensor | None = None) -> dict:
-    """Evaluate ``model`` on ``dataset`` (already transformed); under DDP each rank takes a shard.
-
-    With ``reference`` (another model's predicted class of every example, in order) the metrics gain
-    ``agreement``: the percentage of examples where both predict the same class.
-    """
+    """Evaluate ``model`` on ``dataset`` (already transformed); under DDP each rank takes a shard. ``reference``
+    (another model's predicted class of each example, in order) adds ``agreement``: the % predicted alike."""
     info = info or DistInfo()
     device = device or next(model.parameters()).device
     order = torch.as_tensor(shard(len(dataset), info.rank, info.world) if info.enabled else range(len(dataset)))
@@ -68,12 +66,11 @@ def evaluate(model: nn.Module, dataset: Dataset, num_classes: int, *, batch_size
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     hits, agree, seen = 0, 0, 0
-    batches = loader
     if progress and info.is_main:
         from tqdm.auto import tqdm
 
-        batches = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
-    for x, y in batches:
+        loader = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    for x, y in loader:
         x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         with autocast(device, precision):
             logits = model(x).float().cpu()
@@ -100,12 +97,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, num_classes: int, *, mode
                    workers: int = 0, device: torch.device | None = None, info: DistInfo | None = None,
                    classes: list[str] | None = None, progress: bool = False,
                    reference: torch.Tensor | None = None) -> dict:
-    """Metrics of ``model`` through the inference path ``mode`` that ``bit evaluate`` takes; ``model`` is untouched.
-
-    The trainer's evaluations and ``bit evaluate`` both come here, so one run reports one number.
-    """
-    from ..models.fast import prepare_for_inference
-
+    """Metrics of ``model`` (untouched) through the inference path ``mode``; the trainer's evaluations and ``bit
+    evaluate`` both come here, so one run reports one number."""
     device = device or next(model.parameters()).device
     net = prepare_for_inference(copy.deepcopy(model).to(device), mode)
     m = evaluate(net, dataset, num_classes, batch_size=batch_size, workers=workers, device=device, info=info,

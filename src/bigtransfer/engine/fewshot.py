@@ -92,11 +92,8 @@ def prune_cell(cell: Path, keep: str = "all") -> None:
 
 
 def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, keep: str = "all") -> dict:
-    """Train and evaluate one (method, k, seed) cell, or reuse it when it finished with the same settings and data.
-
-    An interrupted cell resumes from its last checkpoint; ``Interrupted`` propagates unchanged. Only a cell that
-    keeps ``all`` draws its training and confusion plots.
-    """
+    """Train and evaluate one (method, k, seed) cell, or reuse it when it finished with the same settings and data;
+    an interrupted cell resumes from its last checkpoint. Only a cell that keeps ``all`` draws its plots."""
     from ..data import fewshot_split
 
     key = request_key(cfg, train_set, eval_set)
@@ -118,11 +115,8 @@ def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, kee
 # -- running cells side by side ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Dependency:
-    """A run that cells start from, e.g. an upstream pre-training: made once, before the first cell that needs it.
-
-    ``make(quiet)`` returns what the sweep hands back for it; with ``jobs`` > 1 it must pickle, as it then runs in a
-    worker unless ``run_dir`` already holds a finished run. ``steps`` sizes its progress bar, ``label`` its log line.
-    """
+    """A run that cells start from (e.g. an upstream pre-training), made once before the first cell that needs it;
+    with ``jobs`` > 1, ``make(quiet)`` must pickle, as it runs in a worker unless ``run_dir`` holds a finished run."""
 
     make: Callable[[bool], Any]
     run_dir: Path
@@ -138,8 +132,7 @@ def _init_worker(threads: int, parent: int, data: dict[str, tuple]) -> None:
 
     import torch
 
-    global _DATA
-    _DATA = data
+    _DATA.update(data)
     torch.set_num_threads(threads)
     logging.getLogger("bigtransfer").setLevel(logging.WARNING)
 
@@ -161,12 +154,8 @@ def _timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
 
 
 class Workers:
-    """Worker processes, started on first use, that split the cores between them and hold the sweep's data.
-
-    Small networks spend much of each step in Python and in tiny kernels that do not scale with threads, so two
-    single-threaded runs side by side finish sooner than one run on two threads. Workers are spawned, so a script
-    that runs a parallel sweep needs the ``if __name__ == "__main__":`` guard.
-    """
+    """Spawned worker processes, started on first use, that split the cores between them and hold the sweep's data
+    (a script that runs a parallel sweep needs the ``if __name__ == "__main__":`` guard)."""
 
     def __init__(self, processes: int, data: dict[str, tuple] | None = None) -> None:
         self.processes = max(1, int(processes))
@@ -396,10 +385,8 @@ def sweep_tasks(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Pat
                 methods: dict[str, dict] | None = None, metric: str = "top1", progress: bool = True, *,
                 jobs: int = 1, needs: dict[str, Collection[str]] | None = None,
                 upstreams: dict[str, Dependency] | None = None, keep: str = "all") -> dict[str, SweepResult]:
-    """Run every (task, method, k, seed) cell into ``out/TASK/METHOD/kK_sSEED`` in one pool; a result per task.
-
-    One pool for all tasks keeps every worker busy while the upstreams train (see :func:`sweep`).
-    """
+    """Run every (task, method, k, seed) cell into ``out/TASK/METHOD/kK_sSEED`` in one pool of ``jobs`` workers, a
+    method's cells after the ``upstreams`` it ``needs``; a result per task. ``keep``: see ``KEEP``."""
     methods, upstreams = methods or {"transfer": {}}, upstreams or {}
     _check_keep(keep)
     for task in tasks.values():
@@ -411,10 +398,9 @@ def sweep_tasks(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Pat
         rows, made = _Scheduler(cells, data, upstreams, metric, keep, workers if jobs > 1 else None, progress).run()
     results = {}
     for name, task in tasks.items():
-        names = [*methods, *task.extra]
         mine = [c for c in cells if c.task == name]
         per = {m: {int(k): [rows[c][metric] for c in mine if (c.method, c.k) == (m, int(k))] for k in shots}
-               for m in names}
+               for m in [*methods, *task.extra]}
         settings = {**methods, **{m: getattr(fn, "settings", {}) for m, fn in task.extra.items()}}
         results[name] = SweepResult(metric, per, [rows[c] for c in mine], made, settings)
     return results
@@ -425,29 +411,16 @@ def sweep(base: dict, shots: Sequence[int], seeds: Sequence[int], out: Path, tra
           extra: dict[str, Callable[[int, int], float]] | None = None, rest_context: str = "eval_split rest", *,
           jobs: int = 1, needs: dict[str, Collection[str]] | None = None,
           upstreams: dict[str, Dependency] | None = None, keep: str = "all", report: bool = True) -> SweepResult:
-    """Run every (method, k, seed) cell into ``out/METHOD/kK_sSEED``; ``methods`` maps a name to config overrides.
-
-    ``extra`` adds methods computed here by a function of (k, seed) (baselines outside the engine). Without
-    ``eval_set`` each cell is scored on the rest of its split, and a k that leaves none is refused before any
-    training (``rest_context`` says why in that message). With ``jobs`` > 1 the engine cells train in that many
-    worker processes; ``needs`` maps a method to the ``upstreams`` its cells start from, each made once (in a
-    worker while others train) before them. ``keep`` prunes finished cells (see ``KEEP``). With ``report``,
-    writes ``results.json``, ``table.md`` and ``fewshot.png`` into ``out``.
-    """
+    """:func:`sweep_tasks` of one task into ``out/METHOD/kK_sSEED``, ``extra`` methods being functions of (k, seed);
+    with ``report``, writes ``results.json``, ``table.md`` and ``fewshot.png`` into ``out``."""
     task = Task(train_set, eval_set, extra or {}, {}, rest_context)
     res = sweep_tasks(base, shots, seeds, out, {"": task}, methods, metric, progress, jobs=jobs, needs=needs,
                       upstreams=upstreams, keep=keep)[""]
     if report:
-        write_results(res, out, shots, seeds)
+        (out / "results.json").write_text(json.dumps(res.payload(shots, seeds), indent=1))
+        (out / "table.md").write_text(format_table(res.results, res.metric))
+        plot_fewshot(res.results, out / "fewshot.png", METRIC_NAMES.get(res.metric, res.metric))
     return res
-
-
-def write_results(res: SweepResult, out: Path, shots: Sequence[int], seeds: Sequence[int], title: str = "") -> None:
-    """``results.json``, ``table.md`` and ``fewshot.png`` of one sweep's result into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(res.payload(shots, seeds), indent=1))
-    (out / "table.md").write_text(format_table(res.results, res.metric))
-    plot_fewshot(res.results, out / "fewshot.png", METRIC_NAMES.get(res.metric, res.metric), title=title)
 
 
 def format_table(results: dict[str, dict[int, list[float]]], metric: str = "top1") -> str:

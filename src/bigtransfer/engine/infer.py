@@ -22,12 +22,6 @@ class Batch(NamedTuple):
     skipped: list[int]
 
 
-def loader_workers(n: int, batch_size: int, workers: int) -> int:
-    """Worker processes worth starting for ``n`` items: none for a single batch, at most one per batch."""
-    batches = -(-n // batch_size)
-    return 0 if batches <= 1 else min(workers, batches)
-
-
 def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *, batch_size: int = 64,
                 workers: int = 2, device: torch.device | str = "cpu", progress: bool = False,
                 desc: str = "predict") -> Iterator[Batch]:
@@ -36,7 +30,8 @@ def run_batches(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, *,
 
     device = torch.device(device)
     n = len(dataset)
-    workers = loader_workers(n, batch_size, workers)
+    batches = -(-n // batch_size)
+    workers = 0 if batches <= 1 else min(workers, batches)  # none for a single batch, at most one per batch
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate_indexed, pin_memory=device.type == "cuda")
     # A bar only on a terminal: piped output and captured logs keep one line per result or error.
@@ -62,10 +57,8 @@ def pre_logits(model: InferenceModel, x: torch.Tensor) -> torch.Tensor:
     net = model.model
     if model.mode == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.inference_mode())
-        if model.bf16:
-            stack.enter_context(torch.autocast(x.device.type, dtype=torch.bfloat16))
+    amp = torch.autocast(x.device.type, dtype=torch.bfloat16) if model.bf16 else contextlib.nullcontext()
+    with torch.inference_mode(), amp:
         return net.forward_head(net.forward_features(x), pre_logits=True).float()
 
 
@@ -78,10 +71,8 @@ def feature_batches(model: InferenceModel, dataset: Dataset, *, batch_size: int 
 
 def nearest(index: np.ndarray, queries: np.ndarray, k: int,
             use_faiss: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` rows of ``index`` most cosine-similar to each query: (similarities, row ids), each Q x k.
-
-    faiss (exact inner product) when installed and ``use_faiss``, else numpy; ties go to the lower row.
-    """
+    """The ``k`` rows of ``index`` most cosine-similar to each query: (similarities, row ids), each Q x k; faiss
+    (exact inner product) when installed and ``use_faiss``, else numpy, where ties go to the lower row."""
 
     def unit(a) -> np.ndarray:
         a = np.asarray(a, dtype=np.float32)
@@ -93,8 +84,8 @@ def nearest(index: np.ndarray, queries: np.ndarray, k: int,
         try:
             import faiss
         except ImportError:
-            faiss = None
-        if faiss is not None:
+            pass
+        else:
             flat = faiss.IndexFlatIP(base.shape[1])
             flat.add(np.ascontiguousarray(base))
             sims, ids = flat.search(np.ascontiguousarray(q), k)

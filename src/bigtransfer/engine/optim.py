@@ -11,11 +11,8 @@ from .config import RunConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "norm_bias") -> list[dict]:
-    """Split trainable parameters into decayed and not-decayed groups.
-
-    ``norm_bias`` decays every weight but norms and biases (mindcv's ``filter_bias_and_bn``); ``conv_only`` decays
-    only convolution kernels (the MindSpore BigTransfer recipe); ``none`` decays everything.
-    """
+    """Trainable parameters in decayed and not-decayed groups: ``norm_bias`` as mindcv's ``filter_bias_and_bn``,
+    ``conv_only`` decays only convolution kernels (the MindSpore BigTransfer recipe), ``none`` decays everything."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -34,12 +31,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "nor
 
 
 class RMSpropTF(torch.optim.Optimizer):
-    """RMSProp as TensorFlow 1 and MindSpore define it: eps inside the root, lr inside the momentum buffer.
-
-    ``g += wd*w``; ``ms = rho*ms + (1-rho)*g^2``; ``mom = momentum*mom + lr*g/sqrt(ms+eps)``; ``w -= mom``. The
-    mean square starts at ``ms_init``: 1.0 as in MindSpore's ``nn.RMSProp``, TF1 and timm's ``RMSpropTF``; 0.0 as in
-    TF2/Keras. With the recipe's eps = 1.0 this differs markedly from ``torch.optim.RMSprop`` (eps outside the root).
-    """
+    """RMSProp as TensorFlow 1 and MindSpore define it: eps inside the root, lr inside the momentum buffer, the mean
+    square starting at ``ms_init`` (1.0: MindSpore, TF1, timm's ``RMSpropTF``; 0.0: TF2/Keras)."""
 
     def __init__(self, params, lr: float = 0.01, rho: float = 0.9, momentum: float = 0.9, eps: float = 1.0,
                  weight_decay: float = 0.0, ms_init: float = 1.0) -> None:
@@ -84,11 +77,8 @@ def _fusable(groups: list[dict]) -> bool | None:
 
 
 def build_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
-    """SGD, RMSProp or AdamW over ``model``'s trainable parameters as a resolved recipe asks.
-
-    ``adamw`` decays the weights decoupled from the gradient (``w -= lr * weight_decay * w``), as optax's
-    ``add_decayed_weights`` before the learning rate; ``adam`` adds ``weight_decay * w`` to the gradient.
-    """
+    """SGD, RMSProp, Adam or AdamW over ``model``'s trainable parameters as a resolved recipe asks (``adamw``
+    decays the weights decoupled from the gradient, ``adam`` adds ``weight_decay * w`` to it)."""
     groups = param_groups(model, cfg.weight_decay, cfg.weight_decay_filter)
     lr, name, fused = cfg.lr, cfg.optimizer.lower(), _fusable(groups)
     if name == "sgd":

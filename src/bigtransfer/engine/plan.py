@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -17,7 +18,6 @@ _ACTIVATION_FACTOR = 2  # saved activations and their gradients (measured: ~2x t
 def _schedule_line(cfg: RunConfig) -> str:
     steps, kind = cfg.steps, cfg.schedule
     sched = build_schedule(cfg, max(cfg.steps_per_epoch, 1e-9), steps)
-    lr = sched.base_lr
     warm = f"warmup {sched.warmup}" if sched.warmup else "no warmup"
     if kind in ("hyperrule", "multistep"):
         drops = ", ".join(str(b) for b in sched.boundaries) or "none"
@@ -29,7 +29,7 @@ def _schedule_line(cfg: RunConfig) -> str:
     else:
         shape = "constant lr"
     at = f" ({cfg.lr:g} at batch {cfg.lr_batch})" if cfg.lr_batch != cfg.batch_size else ""
-    return f"  schedule: {kind}, {warm}, {shape}; lr {lr:.4g}{at}"
+    return f"  schedule: {kind}, {warm}, {shape}; lr {sched.base_lr:.4g}{at}"
 
 
 def describe(cfg: RunConfig, n_eval: int | None, device: torch.device, world: int = 1) -> list[str]:
@@ -66,13 +66,12 @@ def describe(cfg: RunConfig, n_eval: int | None, device: torch.device, world: in
 
 def warnings_for(cfg: RunConfig) -> list[str]:
     """Settings that run but are rarely what was meant."""
-    out = []
     batch, n = cfg.batch_size, cfg.n_train
-    if batch > BATCH_WARN_RATIO * n:
-        out.append(f"warning: batch {batch} is {batch / max(n, 1):.0f}x the {n} training images, so every step "
-                   f"computes each image about {batch / max(n, 1):.0f} times; a smaller --batch-size (with the lr "
-                   f"rescaled for you) is about as good and much faster on a CPU")
-    return out
+    if batch <= BATCH_WARN_RATIO * n:
+        return []
+    return [f"warning: batch {batch} is {batch / max(n, 1):.0f}x the {n} training images, so every step "
+            f"computes each image about {batch / max(n, 1):.0f} times; a smaller --batch-size (with the lr "
+            f"rescaled for you) is about as good and much faster on a CPU"]
 
 
 def activation_bytes(model: torch.nn.Module, size: int) -> int:
@@ -98,13 +97,10 @@ def available_bytes(device: torch.device) -> int | None:
     """Free memory on ``device`` (MemAvailable on a CPU), or None when it cannot be told."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -116,9 +112,8 @@ def check_memory(cfg: RunConfig, model: torch.nn.Module, device: torch.device, w
     free = available_bytes(device)
     if not free:
         return
-    batch, split = cfg.batch_size, cfg.batch_split
+    batch, split, crop = cfg.batch_size, cfg.batch_split, cfg.crop
     micro = batch // (split * world)
-    crop = cfg.crop
     per_image = activation_bytes(model, crop) * _ACTIVATION_FACTOR + 3 * crop * crop * 4 * 2
     need = micro * per_image
     if need <= free:

@@ -34,13 +34,12 @@ def training_figure(rows: list[dict]) -> Figure | None:
     evals = [r for r in rows if "top1" in r]
     if not train:
         return None
+    acc = None
     if evals:
         fig, (ax, acc) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[3, 2])
     else:
         fig, ax = plt.subplots(figsize=(7, 3.8))
-        acc = None
-    steps = [r["step"] for r in train]
-    (loss_line,) = ax.plot(steps, [r["loss"] for r in train], color="tab:blue", label="train loss")
+    (loss_line,) = ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
     ax.set_ylabel("loss", color="tab:blue")
     ax.tick_params(axis="y", colors="tab:blue")
     ax.grid(alpha=0.3)
@@ -68,9 +67,7 @@ def training_figure(rows: list[dict]) -> Figure | None:
         acc.set_ylim(0, 105)
         acc.grid(alpha=0.3)
         acc.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
-        acc.set_xlabel("step")
-    else:
-        ax.set_xlabel("step")
+    (ax if acc is None else acc).set_xlabel("step")
     fig.tight_layout()
     return fig
 
@@ -78,9 +75,11 @@ def training_figure(rows: list[dict]) -> Figure | None:
 def plot_training(metrics_file: Path, out: Path) -> Path | None:
     """``training_figure`` of a run's ``metrics.jsonl``, written to ``out``; None when it has no training rows."""
     fig = training_figure(read_rows(metrics_file))
-    if fig is None:
-        return None
-    fig.savefig(out, dpi=120)
+    return None if fig is None else _save(fig, out)
+
+
+def _save(fig: Figure, out: Path, dpi: int = 120) -> Path:
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 
@@ -122,10 +121,7 @@ def cell_texts(fig: Figure) -> list[str]:
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], out: Path) -> Path:
     """``confusion_figure`` written to ``out``."""
-    fig = confusion_figure(confusion, classes)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(confusion_figure(confusion, classes), out)
 
 
 def _draw_fewshot(ax, curves: dict[str, dict[int, list[float]]], metric: str, title: str = "",
@@ -156,9 +152,7 @@ def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: s
     _draw_fewshot(ax, curves, metric, title)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_fewshot_panels(panels: dict[str, dict[str, dict[int, list[float]]]], out: Path,
@@ -178,6 +172,4 @@ def plot_fewshot_panels(panels: dict[str, dict[str, dict[int, list[float]]]], ou
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out, dpi=110)

@@ -15,12 +15,11 @@ from .schedules import build_schedule
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset, transform, *, batch_size: int = 64, device=None,
-                     precision: str = "fp32", channels_last: bool = False, workers: int = 0) -> torch.Tensor:
+def extract_features(model: nn.Module, dataset, transform, *, device: torch.device, precision: str = "fp32",
+                     channels_last: bool = False) -> torch.Tensor:
     """Pre-logit features (after the head's GN, ReLU and pooling) of every image, in order."""
-    device = device or next(model.parameters()).device
     model.eval()
-    loader = DataLoader(SeededTransform(dataset, transform), batch_size=batch_size, num_workers=workers)
+    loader = DataLoader(SeededTransform(dataset, transform), batch_size=64)
     out = []
     for x, _ in loader:
         x = x.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -31,8 +30,7 @@ def extract_features(model: nn.Module, dataset, transform, *, batch_size: int = 
 
 def fit_head(trainer):
     """Train ``trainer.model``'s classifier on cached features with the run's optimizer and schedule."""
-    c = trainer.cfg
-    model = trainer.net
+    c, model = trainer.cfg, trainer.net
     start = time.perf_counter()
     # Cached features cannot see augmentation, so the evaluation transform is used for training too.
     feats = extract_features(model, trainer.train_set, trainer.eval_tf, device=trainer.device,

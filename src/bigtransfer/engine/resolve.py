@@ -1,8 +1,5 @@
-"""Fill every value a recipe leaves open from the data set and the model: the fully resolved run config.
-
-``RunConfig.from_dict`` checks each setting on its own; ``resolve`` fills the open ones and checks how they fit
-together. Nothing after it checks a setting again.
-"""
+"""The fully resolved run config: ``resolve`` fills every value a recipe leaves open from the data set and the model,
+and checks how the settings fit together (``RunConfig.from_dict`` checked each alone); nothing checks them again."""
 
 from __future__ import annotations
 
@@ -26,10 +23,8 @@ __all__ = ["HYPERRULE_BATCH", "MIN_RESOLUTION", "OPTIMIZERS", "SCHEDULES", "reso
 
 def resolve(cfg: RunConfig | Mapping[str, Any], n_train: int, image_size: tuple[int, int], num_classes: int,
             model_cfg: dict) -> RunConfig:
-    """``cfg`` with resolution, schedule, MixUp, lr, steps and normalisation made explicit and checked.
-
-    A plain dict is checked first (``RunConfig.from_dict``): a wrong setting is one clear error here, not later.
-    """
+    """``cfg`` with resolution, schedule, MixUp, lr, steps and normalisation made explicit and checked; a plain dict
+    is checked first (``RunConfig.from_dict``), so a wrong setting is one clear error here, not later."""
     cfg = as_run_config(cfg)
     batch = cfg.batch_size
     if batch % cfg.batch_split:

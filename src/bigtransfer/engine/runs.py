@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import BitError, CheckpointError
 from ..hub import create_model
 from ..models import ResNetV2, get_config
-from ..weights.common import atomic_write
+from ..weights import atomic_write, load_checkpoint, read_checkpoint
+from ..weights.folders import WEIGHT_SUFFIXES
+from ..weights.loading import model_for
 from . import config as C
 from .checkpoint import list_checkpoints, read_latest_name
 from .config import RunConfig
@@ -86,13 +90,8 @@ def check_source(source: str) -> None:
 
 def open_run(source: str | os.PathLike, weights: str | os.PathLike | None = None, *, model_name: str | None = None,
              unfinished: bool = False) -> LoadedModel:
-    """A model for inference from a run folder, a weights file (or a folder holding one), or a registered name
-    (its pretrained weights, or the file ``weights``).
-
-    The checkpoint defines the head (its size and values); a name only picks the architecture. ``model_name``
-    overrides the model a run config or a file names; with ``unfinished`` a run without final weights yet opens
-    its newest checkpoint.
-    """
+    """A model for inference from a run folder, a weights file (or a folder holding one) or a registered name; the
+    checkpoint defines the head, ``model_name`` the architecture; ``unfinished`` allows a run's newest checkpoint."""
     path = Path(source)
     if is_run_dir(path):
         return _from_run(path, weights, model_name, unfinished)
@@ -107,7 +106,9 @@ def open_run(source: str | os.PathLike, weights: str | os.PathLike | None = None
     if weights:
         return _from_file(Path(weights), mc.name)
     model = create_model(mc.name, pretrained=True).eval()
-    settings = pretrained_eval_settings(mc)
+    settings: dict[str, Any] = {}
+    if mc.weights_format == "mindspore":  # ImageNet-style validation: resize 256 (for 224), centre crop
+        settings = {"transforms": "recipe", "eval_crop": mc.input_size, "eval_resize": round(mc.input_size * 256 / 224)}
     cfg = _inference_cfg(model, {}).replace(**settings)
     return _loaded(model, cfg, {"model": mc.name, **settings}, class_names(mc.labels), "auto", mc.input_size)
 
@@ -115,32 +116,20 @@ def open_run(source: str | os.PathLike, weights: str | os.PathLike | None = None
 load_run = open_run
 
 
-def pretrained_eval_settings(mc) -> dict:
-    """How a registered model's published weights are evaluated, where it differs from the squash resize."""
-    if mc.weights_format == "mindspore":  # ImageNet-style validation: resize 256 (for 224), centre crop
-        return {"transforms": "recipe", "eval_crop": mc.input_size, "eval_resize": round(mc.input_size * 256 / 224)}
-    return {}
+def class_names(labels: str | None) -> list[str] | None:
+    """Names for a pretrained head's classes (``labels`` names the list, as ``ModelConfig.labels`` does)."""
+    from ..weights.download import fetch_labels
 
-
-def read_run_config(run: Path) -> dict:
-    """The run config a run folder holds; one clear error when it is not a mapping."""
-    cfg_file = run / CONFIG
-    with open(cfg_file, encoding="utf-8") as f:
-        cfg = yaml.safe_load(f) or {}
-    if not isinstance(cfg, dict):
-        raise CheckpointError(f"{cfg_file}: not a run configuration (expected a mapping)")
-    return cfg
+    return None if labels is None else fetch_labels(labels)
 
 
 def run_weights(run: Path) -> Path:
     """The weights of a run folder: its final ``model.safetensors``, else its newest checkpoint's."""
-    candidates = [run / FINAL_WEIGHTS]
     ckpts = run / CHECKPOINTS
     latest = read_latest_name(ckpts)
-    named = [ckpts / latest] if latest else []
-    for folder in named + list_checkpoints(ckpts):
-        candidates += [folder / EMA_WEIGHTS, folder / FINAL_WEIGHTS]
-    candidates.append(run / LAST_WEIGHTS)
+    folders = ([ckpts / latest] if latest else []) + list_checkpoints(ckpts)
+    candidates = [run / FINAL_WEIGHTS, *(f / name for f in folders for name in (EMA_WEIGHTS, FINAL_WEIGHTS)),
+                  run / LAST_WEIGHTS]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
         raise CheckpointError(f"{run}: no {FINAL_WEIGHTS} and no checkpoint in the run folder; "
@@ -149,40 +138,39 @@ def run_weights(run: Path) -> Path:
 
 
 def _from_run(run: Path, weights: str | os.PathLike | None, model_name: str | None, unfinished: bool) -> LoadedModel:
-    from ..weights import load_checkpoint
-
-    saved = read_run_config(run)
+    cfg_file = run / CONFIG
+    with open(cfg_file, encoding="utf-8") as f:
+        saved = yaml.safe_load(f) or {}
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{cfg_file}: not a run configuration (expected a mapping)")
     name = model_name or saved.get("model")
     if not name:
-        raise CheckpointError(f"{run / CONFIG}: no 'model' entry; pass --model NAME")
+        raise CheckpointError(f"{cfg_file}: no 'model' entry; pass --model NAME")
     saved = {**saved, "model": str(name)}
     try:  # settings added since the run was written take their defaults; unknown ones are left out
-        cfg = RunConfig.from_dict(saved, str(run / CONFIG), strict=False)
+        cfg = RunConfig.from_dict(saved, str(cfg_file), strict=False)
     except BitError as e:
-        raise CheckpointError(f"{run / CONFIG}: {e}") from None
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     final = Path(weights) if weights else run_weights(run) if unfinished else run / FINAL_WEIGHTS
     if not final.exists():
         raise CheckpointError(f"{run} has no final weights ({final.name}); finish or resume the run first")
     model = create_model(cfg.model, num_classes=cfg.num_classes)
     load_checkpoint(model, final)  # the run's head: created at its size first, so loading keeps it
-    model.pretrained_cfg["num_classes"] = model.num_classes
     classes = _read_classes(run / CLASSES)
     if classes is None and final.suffix == ".safetensors":
-        classes = _classes_from_meta(_safetensors_metadata(final))
+        classes = _classes(_safetensors_metadata(final).get("classes"))
     size = cfg.eval_crop or cfg.crop or saved.get("input_size") or get_config(cfg.model).input_size
     return _loaded(model.eval(), cfg, saved, classes, run_mode(cfg.precision), size)
 
 
 def _from_file(path: Path, name: str | None) -> LoadedModel:
     """A bare weights file: its metadata (ours) or its keys give the architecture, its head the classes."""
-    from ..weights.convert import model_for, read_checkpoint
-
     if not path.exists():
         raise CheckpointError(f"{path}: no such weights file; check the path")
     loaded = read_checkpoint(path)
     model = model_for(loaded, name, str(path)).eval()
     meta = loaded.metadata
-    classes = _classes_from_meta(meta)
+    classes = _classes(meta.get("classes"))
     if classes is None:
         classes = _read_classes(path.parent / CLASSES)
     size = _as_int(meta.get("eval_crop")) or model.pretrained_cfg.get("input_size")
@@ -201,8 +189,6 @@ def _loaded(model: ResNetV2, cfg: RunConfig, settings: dict, classes: list[str] 
 
 
 def _holds_weights(folder: Path) -> bool:
-    from ..weights.convert import WEIGHT_SUFFIXES
-
     return any(p.suffix.lower() in WEIGHT_SUFFIXES and p.is_file() for p in folder.iterdir())
 
 
@@ -243,15 +229,12 @@ def load_for_export(source: str | os.PathLike, model_name: str | None = None) ->
 
 def load_run_or_checkpoint(source: str | os.PathLike, model_name: str | None = None) -> tuple[ResNetV2, int | None]:
     """As ``load_for_export``, without the facts."""
-    model, size, _ = load_for_export(source, model_name)
-    return model, size
+    return load_for_export(source, model_name)[:2]
 
 
 def weights_source(source: str, model_name: str | None = None) -> tuple[str, str | None]:
     """The weights ``bit convert`` reads: a path as given (a run or Hugging Face folder: its weights file), or a
     registered model name resolved to its downloaded weights file (and that name)."""
-    from ..weights.convert import WEIGHT_SUFFIXES
-
     path = Path(source)
     if path.exists():
         return source, model_name
@@ -264,24 +247,9 @@ def weights_source(source: str, model_name: str | None = None) -> tuple[str, str
     return str(fetch_pretrained(cfg)), model_name or cfg.name
 
 
-def class_names(labels: str | None) -> list[str] | None:
-    """Names for a pretrained head's classes when the label file is available (else None: indices are shown)."""
-    if labels == "cifar10":
-        return ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    if labels is None:
-        return None
-    try:
-        from ..weights.download import fetch_labels
-    except ImportError:
-        return None
-    return fetch_labels(labels)
-
-
 def prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool, info: DistInfo) -> bool:
-    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes).
-
-    Rank 0 decides and tells the others, so every rank takes the same branch and the same collectives.
-    """
+    """Create or reuse ``run_dir``; True when it holds this same run (so it resumes). Rank 0 decides and tells the
+    others, so every rank takes the same branch and the same collectives."""
     outcome: tuple[bool, str | None] = (False, None)
     if info.is_main:
         try:
@@ -318,7 +286,7 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool) -> bool:
         old, old_cfg = _saved_run(saved)  # an unreadable or invalid config.yaml counts as another run
         if old_cfg is not None and C.identity(old_cfg) == C.identity(cfg):
             return True
-        if not overwrite and not _has_progress(run_dir):
+        if not overwrite and not ((run_dir / FINAL_WEIGHTS).exists() or any((run_dir / CHECKPOINTS).glob("step_*"))):
             log.info("%s holds a run that saved no weights yet; starting it again with the new settings", run_dir)
         elif not overwrite:
             new = cfg.to_dict()
@@ -333,13 +301,9 @@ def _prepare_run_dir(run_dir: Path, cfg: RunConfig, overwrite: bool) -> bool:
     return False
 
 
-def _has_progress(run_dir: Path) -> bool:
-    """Whether a run folder holds anything a restart would lose: a checkpoint or final weights."""
-    return (run_dir / FINAL_WEIGHTS).exists() or any((run_dir / CHECKPOINTS).glob("step_*"))
-
-
-def run_metadata(cfg: RunConfig, classes: list[str]) -> dict[str, str]:
-    """What a run's ``model.safetensors`` records, so the bare file rebuilds the model, its head and its inputs."""
+def write_final_weights(run_dir: Path, state_dict: dict, cfg: RunConfig, classes: list[str]) -> Path:
+    """Write the run's ``model.safetensors`` and ``classes.json``, each atomically; the weights' metadata lets the
+    bare file rebuild the model, its head and its inputs."""
     mc = get_config(cfg.model)
     meta = {"bigtransfer": "bigtransfer", "format": "pt", "model": mc.name, "num_classes": str(cfg.num_classes),
             "block_units": ",".join(str(u) for u in mc.block_units), "width_factor": str(mc.width_factor),
@@ -348,15 +312,7 @@ def run_metadata(cfg: RunConfig, classes: list[str]) -> dict[str, str]:
             "precision": str(cfg.precision)}
     if cfg.eval_resize:
         meta["eval_resize"] = str(cfg.eval_resize)
-    return meta
-
-
-def write_final_weights(run_dir: Path, state_dict: dict, cfg: RunConfig, classes: list[str]) -> Path:
-    """Write the run's ``model.safetensors`` (with ``run_metadata``) and ``classes.json``, each atomically."""
-    from safetensors.torch import save_file
-
     state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    meta = run_metadata(cfg, classes)
     atomic_write(run_dir / FINAL_WEIGHTS, lambda p: save_file(state, p, metadata=meta))
     atomic_write(run_dir / CLASSES, lambda p: Path(p).write_text(json.dumps(classes)))
     return run_dir / FINAL_WEIGHTS
@@ -371,34 +327,30 @@ def _as_int(value: object) -> int | None:
 
 def _floats(value: object) -> list[float] | None:
     """``[a, b, c]`` or ``"a,b,c"`` as a list of floats; None when absent or unreadable."""
-    if isinstance(value, str):
-        value = value.split(",")
     try:
-        out = [float(v) for v in value] if value else None
+        out = [float(v) for v in (value.split(",") if isinstance(value, str) else value or ())]
     except (TypeError, ValueError):
         return None
-    return out if out and len(out) == 3 else None
+    return out if len(out) == 3 else None
 
 
-def _read_classes(path: Path) -> list[str] | None:
+def _classes(text: str | None) -> list[str] | None:
+    """Class names from a JSON list; None when absent or unreadable."""
     try:
-        classes = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return [str(c) for c in classes] if isinstance(classes, list) else None
-
-
-def _classes_from_meta(meta: dict) -> list[str] | None:
-    try:
-        classes = json.loads(meta.get("classes") or "null")
+        classes = json.loads(text or "null")
     except ValueError:
         return None
     return [str(c) for c in classes] if isinstance(classes, list) else None
 
 
-def _safetensors_metadata(path: Path) -> dict:
-    from safetensors import safe_open
+def _read_classes(path: Path) -> list[str] | None:
+    try:
+        return _classes(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
+
+def _safetensors_metadata(path: Path) -> dict:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             return dict(f.metadata() or {})

@@ -1,9 +1,8 @@
 """Deterministic input streams: the sample order and every augmentation are functions of (seed, position).
 
-Training reads an endless stream of per-epoch permutations; optimizer step ``s`` takes positions
-``[s*B, (s+1)*B)`` and rank ``r`` of ``W`` takes the r-th contiguous slice of that batch. So a resumed run, or the same
-global batch over several processes, sees exactly the same images with exactly the same augmentations.
-"""
+Step ``s`` takes positions ``[s*B, (s+1)*B)`` of endless per-epoch permutations and rank ``r`` the r-th slice of that
+batch, so a resumed run, or the same global batch over several processes, sees exactly the same images and
+augmentations."""
 
 from __future__ import annotations
 
@@ -51,10 +50,8 @@ class StepSampler(Sampler):
 
 
 class SeededTransform(Dataset):
-    """Applies ``transform`` to ``base.load_image(i)`` under a per-sample seed.
-
-    So augmentations depend neither on worker processes nor on history.
-    """
+    """Applies ``transform`` to ``base.load_image(i)`` under a per-sample seed, so augmentations depend neither on
+    worker processes nor on history."""
 
     def __init__(self, base: Dataset, transform: Callable | None) -> None:
         self.base, self.transform = base, transform
@@ -63,10 +60,7 @@ class SeededTransform(Dataset):
         return len(self.base)
 
     def __getitem__(self, item):
-        if isinstance(item, tuple):
-            index, seed = item
-        else:
-            index, seed = item, None
+        index, seed = item if isinstance(item, tuple) else (item, None)
         image, label = self.base.load_image(index), int(self.base.targets[index])
         if self.transform is None:
             return image, label

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -17,20 +16,14 @@ def scalars(row: dict) -> dict[str, float]:
     """The TensorBoard tags and values of one metrics row: ``train/...`` for a training row, ``eval/...`` for one with
     accuracies."""
     keys, prefix = (EVAL_KEYS, "eval") if "top1" in row else (TRAIN_KEYS, "train")
-    out = {}
-    for key in keys:
-        value = row.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out[f"{prefix}/{key}"] = float(value)
-    return out
+    values = {key: row.get(key) for key in keys}
+    return {f"{prefix}/{key}": float(v) for key, v in values.items()
+            if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)}
 
 
 class EventLog:
-    """Writes metrics rows as TensorBoard scalars; a no-op when disabled or when tensorboard is not installed.
-
-    ``resume_step`` is the step a run continues from: events a killed run wrote after it are purged, and the rows
-    ``metrics.jsonl`` keeps at that step are written again, so no step appears twice.
-    """
+    """Writes metrics rows as TensorBoard scalars (a no-op when disabled or without tensorboard); events written after
+    ``resume_step`` are purged and the rows ``metrics.jsonl`` keeps at that step written again, so no step repeats."""
 
     def __init__(self, run_dir: str | Path, enabled: bool = True, resume_step: int = 0) -> None:
         self.run_dir = Path(run_dir)
@@ -63,17 +56,10 @@ class EventLog:
 
     def _kept_rows(self) -> list[dict]:
         """The rows ``metrics.jsonl`` holds at the resume step (a resumed run does not write them again)."""
+        from .plots import read_rows
+
         path = self.run_dir / "metrics.jsonl"
-        rows = []
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line) if line.strip() else None
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and row.get("step") == self._resume_step:
-                    rows.append(row)
-        return rows
+        return [row for row in read_rows(path) if row["step"] == self._resume_step] if path.is_file() else []
 
     def start(self) -> None:
         """Open the event file now (before ``metrics.jsonl`` gets new rows), purging what a resume replaces."""

@@ -86,10 +86,8 @@ class _StopFlag:
 
 
 class Trainer:
-    """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``.
-
-    ``plots=False`` leaves out the training-curve and confusion-matrix PNGs (a few-shot cell that keeps its scores).
-    """
+    """Fits one model on one data set as a resolved config says, writing everything into ``run_dir``; ``plots=False``
+    leaves out the training-curve and confusion-matrix PNGs (a few-shot cell that keeps its scores)."""
 
     def __init__(self, cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, train_set=None, eval_set=None,
                  model: ResNetV2 | None = None, overwrite: bool = False, quiet: bool = False, announce: bool = False,
@@ -146,22 +144,15 @@ class Trainer:
         """The model without its DDP wrapper."""
         return self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
 
-    def _micro_batch(self) -> int:
-        c = self.cfg
-        per_rank, rem = divmod(c.batch_size, self.info.world * c.batch_split)
-        if rem or per_rank < 1:
-            raise BitError(f"batch_size {c.batch_size} must divide into {self.info.world} processes x "
-                           f"batch_split {c.batch_split} micro-batches")
-        return per_rank
-
     def _loader(self, start: int) -> DataLoader:
-        c = self.cfg
-        sampler = StepSampler(len(self.train_set), c.batch_size, c.seed, start, c.steps, self.info.rank,
-                              self.info.world)
-        workers = c.workers
-        return DataLoader(SeededTransform(self.train_set, self.train_tf), batch_size=self._micro_batch(),
-                          sampler=sampler, num_workers=workers, persistent_workers=False,
-                          prefetch_factor=4 if workers else None)
+        c, info = self.cfg, self.info
+        sampler = StepSampler(len(self.train_set), c.batch_size, c.seed, start, c.steps, info.rank, info.world)
+        per_rank, rem = divmod(c.batch_size, info.world * c.batch_split)
+        if rem or per_rank < 1:
+            raise BitError(f"batch_size {c.batch_size} must divide into {info.world} processes x "
+                           f"batch_split {c.batch_split} micro-batches")
+        return DataLoader(SeededTransform(self.train_set, self.train_tf), batch_size=per_rank, sampler=sampler,
+                          num_workers=c.workers, persistent_workers=False, prefetch_factor=4 if c.workers else None)
 
     def log_row(self, row: dict) -> None:
         """Append one row to metrics.jsonl (and TensorBoard) on rank 0."""
@@ -188,8 +179,8 @@ class Trainer:
 
     def _save(self, loop: _Loop) -> Path | None:
         if not all(torch.isfinite(p).all() for p in self.net.parameters()):
-            kept = loop.kept()
-            raise TrainingDiverged(f"weights became non-finite at step {loop.step}; {kept}; lower the learning rate")
+            raise TrainingDiverged(f"weights became non-finite at step {loop.step}; {loop.kept()}; "
+                                   "lower the learning rate")
         path = None
         if self.info.is_main:
             state = {"optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler else None,
@@ -221,9 +212,8 @@ class Trainer:
 
     def _start_loop(self) -> _Loop:
         c, model = self.cfg, self.net
-        total = c.steps
-        loop = _Loop(opt=build_optimizer(model, c), total=total,
-                     schedule=build_schedule(c, max(c.steps_per_epoch, 1e-9), total),
+        loop = _Loop(opt=build_optimizer(model, c), total=c.steps,
+                     schedule=build_schedule(c, max(c.steps_per_epoch, 1e-9), c.steps),
                      scaler=torch.amp.GradScaler(self.device.type) if c.precision == "fp16" else None,
                      ema=ModelEMA(model, c.ema_decay) if c.ema_decay else None)
         self._resume(loop)
@@ -234,8 +224,8 @@ class Trainer:
         if not self.quiet:
             from tqdm.auto import tqdm
 
-            loop.bar = tqdm(total=total, initial=loop.start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
-        loop.batches = iter(self._loader(loop.start)) if loop.start < total else iter(())
+            loop.bar = tqdm(total=c.steps, initial=loop.start, desc=self.run_dir.name, dynamic_ncols=True, unit="step")
+        loop.batches = iter(self._loader(loop.start)) if loop.start < c.steps else iter(())
         self.model.train()
         return loop
 
@@ -286,8 +276,7 @@ class Trainer:
                 loop.seen += x.shape[0]
         mean_loss = all_reduce_sum(step_loss.clone(), self.info).item() / self.info.world
         if not math.isfinite(mean_loss):
-            kept = loop.kept()
-            raise TrainingDiverged(f"loss became {mean_loss} at step {loop.step}; {kept}; "
+            raise TrainingDiverged(f"loss became {mean_loss} at step {loop.step}; {loop.kept()}; "
                                    f"lower the learning rate or use --precision fp32")
         self._update(loop)
         return mean_loss
@@ -329,9 +318,7 @@ class Trainer:
         if c.save_every and step % c.save_every == 0 and step < loop.total:
             self._save(loop)
         if c.eval_every and step % c.eval_every == 0 and step < loop.total and self.eval_set:
-            row = self._evaluate(loop.ema)
-            row.pop("_full")
-            self.log_row({"step": step, **row})
+            self.log_row({"step": step, **self._evaluate(loop.ema)[0]})
         if stop.signum is not None:
             ckpt = self._save(loop)
             if loop.bar:
@@ -347,14 +334,14 @@ class Trainer:
             loop.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{loop.lr:.2e}", img_s=f"{ips:.1f}")
         loop.tick, loop.seen, loop.loss_sum, loop.loss_n = time.perf_counter(), 0, 0.0, 0
 
-    def _evaluate(self, ema: ModelEMA | None = None) -> dict:
-        net = ema.module if ema else self.net
+    def _evaluate(self, ema: ModelEMA | None = None) -> tuple[dict, dict]:
+        """(the scalar metrics to log, the full evaluation) of the model or its EMA."""
         c = self.cfg
-        eval_ds = SeededTransform(self.eval_set, self.eval_tf)
-        m = evaluate_model(net, eval_ds, c.num_classes, mode=run_mode(c.precision), workers=c.workers,
-                           device=self.device, info=self.info, classes=self.classes, progress=not self.quiet,
+        m = evaluate_model(ema.module if ema else self.net, SeededTransform(self.eval_set, self.eval_tf),
+                           c.num_classes, mode=run_mode(c.precision), workers=c.workers, device=self.device,
+                           info=self.info, classes=self.classes, progress=not self.quiet,
                            reference=self.eval_reference())
-        return {k: v for k, v in m.items() if k not in ("confusion", "per_class")} | {"_full": m}
+        return {k: v for k, v in m.items() if k not in ("confusion", "per_class")}, m
 
     def eval_reference(self) -> torch.Tensor | None:
         """Another model's predicted class of every eval example, to report agreement with (none here)."""
@@ -369,10 +356,8 @@ class Trainer:
         if self.info.is_main:
             write_final_weights(self.run_dir, net.state_dict(), self.cfg, self.classes)
         if self.eval_set is not None:
-            m = self._evaluate(ema)
-            full = m.pop("_full")
-            result.metrics = m
-            self.log_row({"step": step, **m})
+            result.metrics, full = self._evaluate(ema)
+            self.log_row({"step": step, **result.metrics})
             if self.info.is_main:
                 (self.run_dir / R.EVAL).write_text(json.dumps(full, indent=1))
                 if self.plots and len(self.classes) <= 100:
@@ -415,11 +400,8 @@ class _Loop:
 
 
 def _generator(*key: int) -> torch.Generator:
-    """A generator seeded by (seed, step[, global micro-batch]): the same draws on every rank layout and resume.
-
-    Micro-batch ``m`` of rank ``r`` is global micro-batch ``r * batch_split + m``, so W processes with batch_split 1
-    mix exactly as one process with batch_split W.
-    """
+    """A generator seeded by (seed, step[, global micro-batch ``rank * batch_split + m``]): the same draws on every
+    rank layout and resume, so W processes with batch_split 1 mix exactly as one process with batch_split W."""
     return torch.Generator().manual_seed(int(np.random.SeedSequence(list(key)).generate_state(1)[0]))
 
 
@@ -432,12 +414,8 @@ def one_line_summary(run_dir: Path, summary: dict) -> str:
 
 
 def train(cfg: RunConfig | Mapping[str, Any], run_dir: str | Path, *, dry_run: bool = False, **kwargs) -> RunResult:
-    """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run).
-
-    The plan is logged first unless ``quiet``; ``dry_run`` stops after it, writing nothing.
-    """
+    """Resolve, train and evaluate one run (resuming ``run_dir`` when it holds the same run). The plan is logged
+    first unless ``quiet``; ``dry_run`` stops after it, writing nothing."""
     kwargs.setdefault("announce", not kwargs.get("quiet", False))
     trainer = Trainer(cfg, run_dir, dry_run=dry_run, **kwargs)
-    if dry_run:
-        return RunResult(Path(run_dir), trainer.cfg, trainer.model)
-    return trainer.fit()
+    return RunResult(Path(run_dir), trainer.cfg, trainer.model) if dry_run else trainer.fit()

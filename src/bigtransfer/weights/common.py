@@ -27,11 +27,8 @@ def _shape(t) -> tuple[int, ...]:
 
 def load_into(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray], source: str, *,
               adopt_head: bool = False) -> list[str]:
-    """Copy ``state`` (our key names) into ``model``; returns the keys loaded.
-
-    Every body key must be present with the model's shape. With ``adopt_head`` the checkpoint defines the head
-    (the model's is resized to it); otherwise a head of another size is left as the model's new zero head.
-    """
+    """Copy ``state`` (our key names, every body key with the model's shape) into ``model``; returns the keys loaded.
+    With ``adopt_head`` the model's head is resized to the checkpoint's; else one of another size stays a zero head."""
     if adopt_head and "head.conv.weight" in state and hasattr(model, "reset_classifier"):
         n = _shape(state["head.conv.weight"])[0]
         if n != model.num_classes:
@@ -85,23 +82,15 @@ def writable_dir(path: str | os.PathLike, fix: str | None = None, error: type[Bi
     return path
 
 
-def current_umask() -> int:
-    """The process umask, read without changing it where the system allows."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
+def file_mode() -> int:
+    """The mode a new file gets from any other tool: 0o666 less the umask (read without changing it if possible)."""
+    with contextlib.suppress(OSError, ValueError, IndexError), open("/proc/self/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
     mask = os.umask(0o022)
     os.umask(mask)
-    return mask
-
-
-def file_mode() -> int:
-    """The mode a new file gets from any other tool: 0o666 less the umask."""
-    return 0o666 & ~current_umask()
+    return 0o666 & ~mask
 
 
 def _temp_file(path: Path) -> Path:
@@ -118,10 +107,8 @@ def _temp_file(path: Path) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)``, fsync and rename onto ``path``: a crash or full disk never leaves half a file.
-
-    The file gets mode 0o666 less the umask; a failed write removes the temporary file and raises CheckpointError.
-    """
+    """Call ``write(tmp_path)``, fsync and rename onto ``path`` (mode 0o666 less the umask): a crash or full disk
+    never leaves half a file; a failed write removes the temporary file and raises CheckpointError."""
     path = Path(path)
     writable_dir(path.parent, error=CheckpointError)
     tmp = None
@@ -132,19 +119,12 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BitError:
-        _discard(tmp)
-        raise
-    except (OSError, RuntimeError, SafetensorError) as e:  # full disk, read-only folder, torch/safetensors I/O
-        _discard(tmp)
-        raise write_error(e, path, error=CheckpointError) from None
-    except BaseException:
-        _discard(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+        # full disk, read-only folder, torch/safetensors I/O: one line naming the file
+        if isinstance(e, (OSError, RuntimeError, SafetensorError)) and not isinstance(e, BitError):
+            raise write_error(e, path, error=CheckpointError) from None
         raise
     return path
-
-
-def _discard(tmp: Path | None) -> None:
-    if tmp is not None:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)

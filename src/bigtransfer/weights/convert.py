@@ -3,6 +3,7 @@ it; plus what a transformers export records (class names, evaluation inputs)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -11,6 +12,7 @@ from pathlib import Path
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models import get_config
 from ..models.registry import arch_name
 from .folders import WEIGHT_NAMES, WEIGHT_SUFFIXES, source_files, weights_in_folder
 from .formats import (
@@ -22,6 +24,7 @@ from .formats import (
     read_checkpoint,
     write_checkpoint,
 )
+from .formats import to_ours as to_ours  # a 0.1 name; the reader table lives in formats
 from .hf import hf_config, hf_preprocessor_config, write_hf_folder
 from .loading import apply_input_stats, model_for
 from .st import model_metadata
@@ -58,25 +61,19 @@ def classes_for(loaded: Loaded, src: str | os.PathLike, num_classes: int) -> lis
     """The class names of a checkpoint: its metadata's, else a ``classes.json`` beside it; None unless they fit."""
     names = None
     if loaded.metadata.get("classes"):
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             names = json.loads(loaded.metadata["classes"])
-        except json.JSONDecodeError:
-            names = None
     else:
         beside = (Path(src) if Path(src).is_dir() else Path(src).parent) / "classes.json"
         if beside.is_file():
-            try:
+            with contextlib.suppress(OSError, UnicodeDecodeError, json.JSONDecodeError):
                 names = json.loads(beside.read_text(encoding="utf-8"))
-            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-                names = None
     ok = isinstance(names, list) and len(names) == num_classes and all(isinstance(n, str) for n in names)
     return names if ok else None
 
 
 def registry_classes(model_name: str | None, num_classes: int) -> list[str] | None:
     """The class names of a registered model's pretrained head (downloaded once), when the head is that size."""
-    from ..models import get_config
-
     try:
         cfg = get_config(model_name) if model_name else None
     except KeyError:
@@ -90,11 +87,8 @@ def registry_classes(model_name: str | None, num_classes: int) -> list[str] | No
 
 
 def eval_inputs(model: nn.Module, loaded: Loaded) -> dict:
-    """How inputs are prepared for ``model`` at evaluation: transforms, eval_crop, eval_resize, mean, std.
-
-    From the checkpoint's metadata (a run's final weights record them), else the model's input size with the
-    HyperRule's squash resize; MindSpore weights get the ImageNet-style resize 256 (for 224) and centre crop.
-    """
+    """How inputs are prepared for ``model`` at evaluation (transforms, eval_crop, eval_resize, mean, std): the
+    checkpoint metadata's, else a HyperRule squash, for MindSpore weights a resize 256 (for 224) and centre crop."""
     from ..data.transforms import normalization
 
     meta = loaded.metadata
@@ -126,14 +120,8 @@ def export_metadata(model: nn.Module, inputs: Mapping, classes: list[str] | None
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = None, *,
             model_name: str | None = None, ema: bool = False, overwrite: bool = False) -> tuple[Path, nn.Module]:
-    """Convert ``src`` (any supported format, or a folder holding one) to ``dst`` in format ``to``.
-
-    Returns the path and the model. The weights are loaded into a model first (strict names and shapes), so a file
-    that would not load is never written; the head is kept only when the source has one. With ``to="hf"`` and a
-    ``dst`` that is not a ``.safetensors`` file, ``dst`` becomes a folder that transformers' ``from_pretrained``
-    loads: ``model.safetensors``, ``config.json`` (architecture, ``id2label`` from the run's classes) and
-    ``preprocessor_config.json`` (a ``BitImageProcessor`` giving our evaluation transform's tensor).
-    """
+    """Convert ``src`` (any format, or a folder holding one) to ``dst`` as ``to`` through a model that checks it;
+    returns the path and the model. ``to="hf"`` writes a transformers folder unless ``dst`` is a .safetensors file."""
     to = to or target_from_path(dst)
     if to not in TARGETS:
         raise CheckpointError(f"cannot tell the target format of {dst}; pass --to with one of {', '.join(TARGETS)}")
@@ -163,9 +151,7 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
         write_checkpoint(state, dst, "hf", meta)
         return dst, model
     config = hf_config(model.block_units, model.width_factor, model.num_classes if head else None, classes)
-    processor = hf_preprocessor_config(inputs["transforms"], inputs["eval_crop"], inputs["eval_resize"],
-                                       inputs["mean"], inputs["std"])
-    write_hf_folder(state, dst, config, processor, meta)
+    write_hf_folder(state, dst, config, hf_preprocessor_config(**inputs), meta)
     return dst, model
 
 

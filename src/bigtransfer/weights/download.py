@@ -65,9 +65,7 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 def checksum_ok(digest: str, expected: str | None) -> bool:
     """A full expected digest must match; a shorter one (mindcv's 8 hex) is checked as a prefix."""
-    if not expected:
-        return True
-    return digest.lower().startswith(expected.lower())
+    return not expected or digest.lower().startswith(expected.lower())
 
 
 class _Interrupted(Exception):
@@ -78,25 +76,16 @@ class _CannotWrite(DownloadError):
     """A local file or folder that cannot be written: no other source can help."""
 
 
-def _in_cache(path: Path) -> bool:
-    cache = cache_dir().resolve()
-    path = Path(path).resolve()
-    return path == cache or cache in path.parents
-
-
 def _write_error(e: OSError, path: str | os.PathLike) -> DownloadError:
     """A one-line error for a file that cannot be written; for the cache, the fix names BIGTRANSFER_HOME."""
+    cache, target = cache_dir().resolve(), Path(path).resolve()
+    in_cache = target == cache or cache in target.parents
     fix = None
-    if _in_cache(Path(path)) and error_errno(e) in NO_ACCESS:
+    if in_cache and error_errno(e) in NO_ACCESS:
         fix = "set BIGTRANSFER_HOME to a writable folder or fix its permissions"
-    elif _in_cache(Path(path)) and error_errno(e) in NO_SPACE:
+    elif in_cache and error_errno(e) in NO_SPACE:
         fix = "free disk space or set BIGTRANSFER_HOME to a folder on another disk, then run again"
     return write_error(e, path, fix, _CannotWrite)
-
-
-def _local_write_failure(e: BaseException) -> bool:
-    """True for an OSError about a local file (read-only, no space, no permission), not the network."""
-    return isinstance(e, OSError) and bool(e.filename) and e.errno in NO_ACCESS | NO_SPACE
 
 
 def _request(url: str, start: int):
@@ -120,8 +109,7 @@ def _transfer(url: str, part: Path, progress: bool) -> None:
             return _transfer(url, part, progress)
         raise
     with resp:
-        status = getattr(resp, "status", 200)
-        if start and status != 206:  # the server ignored the range: start over
+        if start and getattr(resp, "status", 200) != 206:  # the server ignored the range: start over
             start = 0
         length = resp.headers.get("Content-Length")
         total = start + int(length) if length and length.isdigit() else None
@@ -203,10 +191,6 @@ def _hub_endpoint() -> urllib.parse.ParseResult:
     return urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
 
 
-def _hub_host() -> str:
-    return _hub_endpoint().hostname or ""
-
-
 def _hub_reachable() -> bool:
     """A quick TCP probe: the hub client itself retries for half a minute before giving up."""
     ep = _hub_endpoint()
@@ -228,17 +212,13 @@ def _hub_cached(repo_id: str) -> Path | None:
     return None
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _from_hub(repo_id: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    if _hub_offline():
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise DownloadError("HF_HUB_OFFLINE is set")
     if not _hub_reachable():
-        raise DownloadError(f"no connection to {_hub_host()}")
+        raise DownloadError(f"no connection to {_hub_endpoint().hostname or ''}")
     hub_cache = cache_dir() / "huggingface"
     try:
         hub_cache.mkdir(parents=True, exist_ok=True)
@@ -280,7 +260,7 @@ def fetch_pretrained(cfg, *, allow_http: bool = False, progress: bool = True) ->
         except _CannotWrite:
             raise
         except Exception as e:  # the hub client raises many types; any failure here means "not available"
-            if _local_write_failure(e):
+            if isinstance(e, OSError) and e.filename and e.errno in NO_ACCESS | NO_SPACE:  # a local file, not the net
                 raise _write_error(e, e.filename) from None
             problems.append(f"the Hugging Face hub repo {cfg.hf_hub_id} is not reachable either ({_reason(e)})")
     where = cache_path(cfg.url) if cfg.url else cache_dir() / "huggingface"

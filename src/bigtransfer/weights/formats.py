@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import zipfile
@@ -42,12 +43,10 @@ class Loaded:
         if self.layout == "mindcv":
             stats = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
             return {**stats, "weights_format": "mindspore"} if self.file_format == "mindspore" else stats
-        if not (self.metadata.get("mean") and self.metadata.get("std")):
-            return None
-        try:
-            return {key: tuple(float(v) for v in self.metadata[key].split(",")) for key in ("mean", "std")}
-        except ValueError:
-            return None
+        if self.metadata.get("mean") and self.metadata.get("std"):
+            with contextlib.suppress(ValueError):
+                return {key: tuple(float(v) for v in self.metadata[key].split(",")) for key in ("mean", "std")}
+        return None
 
 
 def detect_format(path: str | os.PathLike) -> str:
@@ -109,27 +108,10 @@ def to_ours(tensors: Mapping[str, torch.Tensor], layout: str, source: str, ema: 
     return _RENAMES[layout](tensors, source, ema)
 
 
-def _renamed(tensors: Mapping[str, torch.Tensor], fmt: str, source: str, ema: bool,
-             metadata: Mapping[str, str] | None = None) -> Loaded:
+def _renamed(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str], fmt: str, source: str,
+             ema: bool) -> Loaded:
     layout = detect_layout(tensors)
-    return Loaded(to_ours(tensors, layout, source, ema=ema), fmt, layout, dict(metadata or {}), source)
-
-
-def _read_npz(path: str, ema: bool, template: nn.Module | None) -> Loaded:
-    return Loaded(npz_state(path, template), "npz", "npz", source=path)
-
-
-def _read_safetensors(path: str, ema: bool, template: nn.Module | None) -> Loaded:
-    tensors, meta = read_safetensors(path)
-    return _renamed(tensors, "safetensors", path, ema, meta)
-
-
-def _read_torch(path: str, ema: bool, template: nn.Module | None) -> Loaded:
-    return _renamed(read_torch(path), "torch", path, ema)
-
-
-def _read_mindspore(path: str, ema: bool, template: nn.Module | None) -> Loaded:
-    return Loaded(read_mindcv(path, ema=ema), "mindspore", "mindcv", source=path)
+    return Loaded(to_ours(tensors, layout, source, ema=ema), fmt, layout, dict(metadata), source)
 
 
 def _read_hf_folder(path: str, ema: bool, template: nn.Module | None) -> Loaded:
@@ -142,7 +124,7 @@ def _read_hf_folder(path: str, ema: bool, template: nn.Module | None) -> Loaded:
         tensors: dict[str, torch.Tensor] = {}
         for file in files:  # the shards of a sharded checkpoint
             tensors.update(read_safetensors(file)[0] if detect_format(file) == "safetensors" else read_torch(str(file)))
-        loaded = _renamed(tensors, detect_format(files[0]), path, ema)
+        loaded = _renamed(tensors, {}, detect_format(files[0]), path, ema)
     if loaded.layout == "hf" and "root.conv.weight" in loaded.state:
         check_hf_config(config, infer_architecture(loaded.state, path), path)
     loaded.metadata = {**loaded.metadata, **hf_folder_metadata(path, config)}
@@ -152,8 +134,13 @@ def _read_hf_folder(path: str, ema: bool, template: nn.Module | None) -> Loaded:
 
 Reader = Callable[[str, bool, "nn.Module | None"], Loaded]
 # format -> reader(path, ema, template): the model to read an official .npz for, or None to infer it
-READERS: dict[str, Reader] = {"npz": _read_npz, "safetensors": _read_safetensors, "torch": _read_torch,
-                              "mindspore": _read_mindspore, "hf-folder": _read_hf_folder}
+READERS: dict[str, Reader] = {
+    "npz": lambda path, ema, template: Loaded(npz_state(path, template), "npz", "npz", source=path),
+    "safetensors": lambda path, ema, template: _renamed(*read_safetensors(path), "safetensors", path, ema),
+    "torch": lambda path, ema, template: _renamed(read_torch(path), {}, "torch", path, ema),
+    "mindspore": lambda path, ema, template: Loaded(read_mindcv(path, ema=ema), "mindspore", "mindcv", source=path),
+    "hf-folder": _read_hf_folder,
+}
 
 
 def resolve(path: str | os.PathLike) -> tuple[str, str]:
@@ -167,13 +154,8 @@ def resolve(path: str | os.PathLike) -> tuple[str, str]:
 
 def read_checkpoint(path: str | os.PathLike, *, ema: bool = False, fmt: str | None = None,
                     template: nn.Module | None = None) -> Loaded:
-    """Read any supported weights file into our key names (architecture-agnostic, nothing unpickled).
-
-    ``fmt`` skips detection. ``path`` may be a folder: a Hugging Face folder (``config.json`` beside
-    ``model.safetensors`` or ``pytorch_model.bin``) adds what its configs say (classes from ``id2label``, mean/std
-    and eval size from ``preprocessor_config.json``) to the metadata; any other folder is read through its one
-    weights file. An official ``.npz`` is checked against ``template`` when given.
-    """
+    """Read any supported weights file, or a folder holding one, into our key names (nothing unpickled); ``fmt``
+    skips detection, a Hugging Face folder's configs become metadata, an official .npz is checked on ``template``."""
     path, fmt = resolve(path) if fmt is None else (str(path), fmt)
     if fmt not in READERS:
         raise CheckpointError(f"unknown weights format '{fmt}'; choose one of {', '.join(READERS)}")
@@ -198,26 +180,16 @@ def infer_architecture(state: Mapping[str, torch.Tensor], source: str = "checkpo
             "num_classes": int(head.shape[0]) if head is not None else None}
 
 
-def _write_npz(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata=None) -> Path:
-    return write_npz(state, path)
-
-
-def _write_timm(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata=None) -> Path:
-    return write_safetensors({to_timm_key(k): v for k, v in state.items()}, path)
-
-
-def _write_hf(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata=None) -> Path:
-    return write_safetensors(state_dict_to_hf(state), path, metadata)
-
-
-def _write_ckpt(state: Mapping[str, torch.Tensor], path: str | os.PathLike, metadata=None) -> Path:
-    return write_mindcv(state, path)
-
-
 Writer = Callable[[Mapping[str, torch.Tensor], "str | os.PathLike", "Mapping[str, str] | None"], Path]
 # format -> writer(our-name state, path, metadata): one file, written atomically; metadata goes into safetensors
-WRITERS: dict[str, Writer] = {"npz": _write_npz, "safetensors": write_safetensors, "timm": _write_timm,
-                              "hf": _write_hf, "ckpt": _write_ckpt}
+WRITERS: dict[str, Writer] = {
+    "npz": lambda state, path, metadata=None: write_npz(state, path),
+    "safetensors": write_safetensors,
+    "timm": lambda state, path, metadata=None: write_safetensors({to_timm_key(k): v for k, v in state.items()},
+                                                                 path),
+    "hf": lambda state, path, metadata=None: write_safetensors(state_dict_to_hf(state), path, metadata),
+    "ckpt": lambda state, path, metadata=None: write_mindcv(state, path),
+}
 TARGETS = tuple(WRITERS)
 
 
@@ -230,11 +202,8 @@ def writer(to: str) -> Writer:
 
 def write_checkpoint(state: Mapping[str, torch.Tensor], path: str | os.PathLike, to: str,
                      metadata: Mapping[str, str] | None = None) -> Path:
-    """Write our-name ``state`` as ``to`` (npz | safetensors | timm | hf | ckpt), in float32, atomically, as one file.
-
-    ``metadata`` goes into safetensors files (ours and transformers'); ``convert`` writes a whole transformers
-    folder (with ``config.json``) instead when the destination is not a ``.safetensors`` file.
-    """
+    """Write our-name ``state`` as ``to`` (npz | safetensors | timm | hf | ckpt), in float32, atomically, as one file;
+    ``metadata`` goes into safetensors files (ours and transformers')."""
     return writer(to)({k: v.detach().float() for k, v in state.items()}, path, metadata)
 
 

@@ -15,15 +15,13 @@ classifier.1.weight (K, C)                 head.conv.weight (K, C, 1, 1)
 classifier.1.bias                          head.conv.bias
 =========================================  ===============================================
 
-A ``BitModel`` (no classifier) saves the same keys without the ``bit.`` prefix; those load too.
-transformers standardizes weights with eps 1e-8 and uses GroupNorm eps 1e-5, like timm.
+A ``BitModel`` (no classifier) saves the same keys without the ``bit.`` prefix; those load too. A Hugging Face folder
+holds the weights, ``config.json`` (a ``BitConfig``) and ``preprocessor_config.json`` (a ``BitImageProcessor``).
 
-A Hugging Face folder holds the weights (``model.safetensors`` or ``pytorch_model.bin``), ``config.json`` (a
-``BitConfig``) and ``preprocessor_config.json`` (a ``BitImageProcessor``). BitConfig has no field for the
-weight-standardization eps: every transformers BiT convolution uses 1e-8, while our models default to the official
-1e-10. On the same weights the logits still agree within 1e-4 of the largest logit (measured 1e-5 to 6e-5 for R50x1
-and R101x1 with random weights; a model built with ``ws_eps=1e-8`` agrees to about 1e-6). The exported config pads
-symmetrically (``global_padding`` null), as our models do.
+transformers uses GroupNorm eps 1e-5, like timm, and weight-standardization eps 1e-8 (BitConfig has no field for it),
+where our models default to the official 1e-10. On the same weights the logits still agree within 1e-4 of the largest
+logit (measured 1e-5 to 6e-5 for R50x1 and R101x1 with random weights; a model built with ``ws_eps=1e-8`` agrees to
+about 1e-6). The exported config pads symmetrically (``global_padding`` null), as our models do.
 """
 
 from __future__ import annotations
@@ -133,8 +131,8 @@ def hf_config(block_units: Sequence[int], width_factor: float, num_classes: int 
               "global_padding": None, "num_groups": GN_GROUPS, "drop_path_rate": 0.0,
               "embedding_dynamic_padding": False, "output_stride": 32, "width_factor": 1}
     if num_classes:
-        names = list(classes) if classes is not None and len(classes) == num_classes else None
-        labels = [str(c) for c in names] if names else [f"LABEL_{i}" for i in range(num_classes)]
+        fits = classes is not None and len(classes) == num_classes
+        labels = [str(c) for c in classes] if fits else [f"LABEL_{i}" for i in range(num_classes)]
         config["id2label"] = {str(i): name for i, name in enumerate(labels)}
         config["label2id"] = {name: i for i, name in enumerate(labels)}
     return config
@@ -142,12 +140,8 @@ def hf_config(block_units: Sequence[int], width_factor: float, num_classes: int 
 
 def hf_preprocessor_config(transforms: str, eval_crop: int, eval_resize: int | None,
                            mean: Sequence[float], std: Sequence[float]) -> dict:
-    """A ``BitImageProcessor`` config that reproduces our evaluation transform.
-
-    HyperRule: a squash resize to ``eval_crop`` square, no crop (the same tensor as ours). Recipe: the shorter side
-    to ``eval_resize`` (default ``eval_crop``), then a centre crop of ``eval_crop``; where a side's margin is 3 mod 4
-    the crop sits one pixel off ours (torchvision rounds half the margin, transformers truncates it).
-    """
+    """A ``BitImageProcessor`` config that reproduces our evaluation transform: HyperRule's squash resize, or the
+    recipe's resize and centre crop (one pixel off ours where a margin is 3 mod 4: transformers truncates, we round)."""
     crop = {"height": int(eval_crop), "width": int(eval_crop)}
     if transforms == "hyperrule":
         size, center = dict(crop), False
@@ -302,11 +296,8 @@ def check_hf_config(config: dict, arch: Mapping, source: str) -> None:
 
 def write_hf_folder(state: Mapping[str, torch.Tensor], folder: str | os.PathLike, config: Mapping,
                     processor: Mapping, metadata: Mapping[str, str] | None = None) -> Path:
-    """Write our-name ``state`` as a folder transformers loads: weights, ``config.json``, preprocessor config.
-
-    The files are written into a temporary folder next to ``folder`` and then moved in, so a failure leaves
-    ``folder`` as it was. Without a head the weights are a bare ``BitModel``'s (no ``bit.`` prefix).
-    """
+    """Write our-name ``state`` as a folder transformers loads (weights, ``config.json``, preprocessor config), staged
+    next to ``folder`` so a failure leaves it as it was; without a head the weights are a bare ``BitModel``'s."""
     folder = Path(folder)
     tensors = state_dict_to_hf(state)
     if not any(k.startswith("classifier.") for k in tensors):

@@ -3,6 +3,7 @@ through the writer table."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,10 +20,8 @@ from .formats import InputStats, Loaded, infer_architecture, read_checkpoint, wr
 
 def load_state(model: nn.Module, path: str | os.PathLike, fmt: str | None = None, *, ema: bool = False,
                adopt_head: bool = False) -> tuple[dict[str, torch.Tensor], InputStats | None]:
-    """Copy a checkpoint's tensors into ``model`` (strict); returns the state read and the input stats it declares.
-
-    ``model.pretrained_cfg`` is left as it is: :func:`apply_input_stats` records the stats.
-    """
+    """Copy a checkpoint's tensors into ``model`` (strict); returns the state read and the input stats it declares,
+    leaving ``model.pretrained_cfg`` as it is (:func:`apply_input_stats` records the stats)."""
     loaded = read_checkpoint(path, ema=ema, fmt=fmt, template=model)
     load_into(model, loaded.state, loaded.source, adopt_head=adopt_head)
     return loaded.state, loaded.input_stats
@@ -37,14 +36,8 @@ def apply_input_stats(model: nn.Module, stats: InputStats | None) -> nn.Module:
 
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, *, fmt: str | None = None, ema: bool = False,
                     adopt_head: bool = False) -> nn.Module:
-    """Load weights of any supported format into ``model``, detecting the format from the content unless ``fmt``.
-
-    Official ``.npz``; safetensors in our, timm or transformers layout; MindSpore ``.ckpt`` (mindcv; ``ema``
-    takes its EMA copy); a torch state dict in any of those layouts (read with ``weights_only=True``); a folder:
-    a Hugging Face one (``config.json`` and ``model.safetensors`` or ``pytorch_model.bin``; its input mean/std
-    are taken from ``preprocessor_config.json``) or one holding a single weights file.
-    With ``adopt_head`` the checkpoint's head (size and values) replaces the model's.
-    """
+    """Load weights of any supported format, or a folder holding them, into ``model`` (format from the content unless
+    ``fmt``; ``ema`` takes a mindcv EMA copy); with ``adopt_head`` the checkpoint's head replaces the model's."""
     _, stats = load_state(model, path, fmt, ema=ema, adopt_head=adopt_head)
     return apply_input_stats(model, stats)
 
@@ -68,15 +61,11 @@ def model_for(loaded: Loaded, model_name: str | None = None, source: str = "chec
     """A model that fits ``loaded`` (by ``model_name`` when given, else inferred), with its weights loaded."""
     arch = infer_architecture(loaded.state, source)
     k = arch["num_classes"]
-    if model_name is None:
-        model_name = loaded.metadata.get("model") or None
-        if model_name:
-            try:
-                get_config(model_name)
-            except KeyError:
-                model_name = None
-    if model_name:
-        cfg = get_config(model_name)
+    cfg = get_config(model_name) if model_name else None
+    if model_name is None and loaded.metadata.get("model"):
+        with contextlib.suppress(KeyError):  # a name the registry no longer knows: infer the model instead
+            cfg = get_config(loaded.metadata["model"])
+    if cfg is not None:
         if tuple(cfg.block_units) != arch["block_units"] or float(cfg.width_factor) != arch["width_factor"]:
             found = arch_name(arch["block_units"], arch["width_factor"]) or \
                 f"units {arch['block_units']}, width {arch['width_factor']:g}"

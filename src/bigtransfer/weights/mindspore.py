@@ -132,9 +132,10 @@ def _tensor(buf, start: int, stop: int) -> tuple[tuple[int, ...], str, tuple[int
     return tuple(dims), dtype, content
 
 
-def _values(buf) -> Iterator[Record]:
-    end = len(buf)
-    for field, wire, value in _fields(buf, 0, end):
+def iter_records(buf) -> Iterator[Record]:
+    """Records of a ``.ckpt`` buffer with MindSpore's split parameters joined back together."""
+    pending: Record | None = None
+    for field, wire, value in _fields(buf, 0, len(buf)):
         if field != 1 or wire != 2:
             raise _Corrupt(f"unexpected top-level field {field} (wire type {wire})")
         tag, tensor = None, None
@@ -149,21 +150,15 @@ def _values(buf) -> Iterator[Record]:
             # field 3 (maptensor) and unknown fields are skipped
         if tag is None:
             raise _Corrupt("a value without a tag")
-        if tensor is not None:
-            dims, dtype, span = tensor
-            yield Record(tag, dims, dtype, buf, [span])
-
-
-def iter_records(buf) -> Iterator[Record]:
-    """Records of a ``.ckpt`` buffer with MindSpore's split parameters joined back together."""
-    pending: Record | None = None
-    for rec in _values(buf):
-        if pending is not None and rec.tag == pending.tag:
-            pending = Record(rec.tag, rec.dims, rec.dtype, buf, pending.spans + rec.spans)
+        if tensor is None:
+            continue
+        dims, dtype, span = tensor
+        if pending is not None and tag == pending.tag:
+            pending = Record(tag, dims, dtype, buf, pending.spans + [span])
             continue
         if pending is not None:
             yield pending
-        pending = rec
+        pending = Record(tag, dims, dtype, buf, [span])
     if pending is not None:
         yield pending
 
@@ -205,10 +200,8 @@ def _to_tensor(rec: Record, source: str) -> torch.Tensor:
 
 def read_ckpt(path: str | os.PathLike, keep: Callable[[str], bool] | None = None,
               tags: list[str] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a MindSpore ``.ckpt`` by tag; ``keep(tag)`` chooses which to materialize.
-
-    The whole file is parsed either way, so a corrupt file always fails; ``tags`` collects every tag seen.
-    """
+    """Tensors of a MindSpore ``.ckpt`` by tag; ``keep(tag)`` chooses which to materialize, ``tags`` collects every
+    tag seen. The whole file is parsed either way, so a corrupt file always fails."""
     path = str(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; check the path")
@@ -279,17 +272,13 @@ def to_mindcv_key(key: str) -> str:
 
 def mindcv_to_state_dict(tensors: Mapping[str, torch.Tensor], ema: bool = False,
                          source: str = "MindSpore checkpoint") -> dict[str, torch.Tensor]:
-    """Model parameters of a mindcv checkpoint under our names; optimizer slots are skipped.
-
-    ``ema=True`` takes the ``ema.``-prefixed copy that mindcv keeps when training with EMA.
-    """
-    if ema:
-        picked = {k[len(EMA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EMA_PREFIX)}
-        if not picked:
-            raise CheckpointError(f"{source}: no EMA weights ('{EMA_PREFIX}*' tensors) in this checkpoint; "
-                                  f"load it without ema")
-    else:
-        picked = dict(tensors)
+    """Model parameters of a mindcv checkpoint under our names, optimizer slots skipped; ``ema=True`` takes the
+    ``ema.``-prefixed copy that mindcv keeps when training with EMA."""
+    prefix = EMA_PREFIX if ema else ""
+    picked = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if ema and not picked:
+        raise CheckpointError(f"{source}: no EMA weights ('{EMA_PREFIX}*' tensors) in this checkpoint; "
+                              f"load it without ema")
     state, skipped = {}, []
     for k, v in picked.items():
         if not MINDCV_PARAM.match(k):
@@ -311,20 +300,13 @@ def mindcv_to_state_dict(tensors: Mapping[str, torch.Tensor], ema: bool = False,
     return state
 
 
-def _is_wanted(ema: bool) -> Callable[[str], bool]:
-    if ema:
-        return lambda tag: tag.startswith(EMA_PREFIX) and bool(MINDCV_PARAM.match(tag[len(EMA_PREFIX):]))
-    return lambda tag: bool(MINDCV_PARAM.match(tag))
-
-
 def read_mindcv(path: str | os.PathLike, ema: bool = False) -> dict[str, torch.Tensor]:
     """A mindcv ``.ckpt`` as a state dict in our key names (optimizer slots are never materialized)."""
     tags: list[str] = []
-    tensors = read_ckpt(path, keep=_is_wanted(ema), tags=tags)
-    if not tensors:
-        if ema:
-            raise CheckpointError(f"{path}: no EMA weights ('{EMA_PREFIX}*' tensors) in this checkpoint; "
-                                  f"load it without ema")
+    prefix = EMA_PREFIX if ema else ""
+    tensors = read_ckpt(path, keep=lambda tag: tag.startswith(prefix) and bool(MINDCV_PARAM.match(tag[len(prefix):])),
+                        tags=tags)
+    if not tensors and not ema:  # without EMA weights, mindcv_to_state_dict says so
         first = tags[0] if tags else "none"
         raise CheckpointError(f"{path}: holds no mindcv BiT parameters (first tag '{first}'); "
                               f"the checkpoint is for another model")
@@ -343,14 +325,11 @@ def load_mindspore(model: nn.Module, path: str | os.PathLike, ema: bool = False,
 
 def _enc_varint(n: int) -> bytes:
     out = bytearray()
-    while True:
-        b = n & 0x7F
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
         n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
+    out.append(n)
+    return bytes(out)
 
 
 def _enc_field(field: int, payload: bytes) -> bytes:
@@ -381,9 +360,9 @@ def write_ckpt(tensors: Mapping[str, np.ndarray | torch.Tensor], path: str | os.
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
             for tag, v in tensors.items():
-                arr = v.detach().cpu().float().numpy() if isinstance(v, torch.Tensor) and \
-                    v.dtype == torch.bfloat16 else (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-                f.write(encode_value(tag, arr))
+                if isinstance(v, torch.Tensor):
+                    v = (v.float() if v.dtype == torch.bfloat16 else v).detach().cpu().numpy()
+                f.write(encode_value(tag, v))
 
     return atomic_write(path, write)
 

@@ -21,18 +21,15 @@ from .common import atomic_write
 _UNIT = re.compile(r"body\.block(\d)\.unit(\d\d)\.(\w+?)\.(weight|bias)$")
 _GN = {"weight": "gamma", "bias": "beta"}
 _SCOPE = {"gn1": "a", "conv1": "a", "gn2": "b", "conv2": "b", "gn3": "c", "conv3": "c"}
+_FIXED = {"root.conv.weight": "resnet/root_block/standardized_conv2d/kernel",
+          "head.gn.weight": "resnet/group_norm/gamma", "head.gn.bias": "resnet/group_norm/beta",
+          "head.conv.weight": "resnet/head/conv2d/kernel", "head.conv.bias": "resnet/head/conv2d/bias"}
 
 
 def npz_key(key: str) -> str:
     """The official ``.npz`` name of one of our state-dict keys."""
-    if key == "root.conv.weight":
-        return "resnet/root_block/standardized_conv2d/kernel"
-    if key.startswith("head.gn."):
-        return f"resnet/group_norm/{_GN[key.rsplit('.', 1)[1]]}"
-    if key == "head.conv.weight":
-        return "resnet/head/conv2d/kernel"
-    if key == "head.conv.bias":
-        return "resnet/head/conv2d/bias"
+    if key in _FIXED:
+        return _FIXED[key]
     m = _UNIT.match(key)
     if not m:
         raise KeyError(key)
@@ -45,14 +42,6 @@ def npz_key(key: str) -> str:
     return f"{scope}/{_SCOPE[mod]}/standardized_conv2d/kernel"
 
 
-def _to_torch_layout(arr: np.ndarray) -> np.ndarray:
-    return arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr  # HWIO -> OIHW
-
-
-def _to_tf_layout(arr: np.ndarray) -> np.ndarray:
-    return arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr  # OIHW -> HWIO
-
-
 def _tf_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[2], shape[3], shape[1], shape[0]) if len(shape) == 4 else shape
 
@@ -61,11 +50,8 @@ MAX_DEFLATE_RATIO = 1032  # deflate expands data by at most about 1032:1
 
 
 def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read every array of an ``.npz`` without unpickling anything.
-
-    Each member's ``.npy`` header is checked against the member's size first, so a header claiming a huge
-    array is refused before anything is allocated.
-    """
+    """Read every array of an ``.npz`` without unpickling anything; each member's ``.npy`` header is checked against
+    its size first, so a header claiming a huge array is refused before anything is allocated."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such file; check the path")
     try:
@@ -131,7 +117,7 @@ def npz_to_state_dict(arrays: dict[str, np.ndarray], model: nn.Module, source: s
             raise CheckpointError(f"{source}: unexpected array '{k}' for this model "
                                   f"({len(arrays)} arrays, the model has {len(names)}); "
                                   f"pick the model name that matches the file")
-        state[names[k]] = _to_torch_layout(arr)
+        state[names[k]] = arr.transpose(3, 2, 0, 1) if arr.ndim == 4 else arr  # HWIO -> OIHW
     return state
 
 
@@ -176,14 +162,13 @@ def npz_state(path: str, template: nn.Module | None = None) -> dict[str, torch.T
         template = npz_template(arrays, path)
     else:
         check_npz(arrays, template, path)
-    return {k: _tensor(k, v, path) for k, v in npz_to_state_dict(arrays, template, path).items()}
-
-
-def _tensor(key: str, arr: np.ndarray, source: str) -> torch.Tensor:
-    try:
-        return torch.from_numpy(np.ascontiguousarray(arr))
-    except (TypeError, ValueError):  # strings, big-endian or other arrays torch cannot hold
-        raise CheckpointError(f"{source}: key '{key}' has dtype {arr.dtype}, expected floating point") from None
+    state = {}
+    for k, arr in npz_to_state_dict(arrays, template, path).items():
+        try:
+            state[k] = torch.from_numpy(np.ascontiguousarray(arr))
+        except (TypeError, ValueError):  # strings, big-endian or other arrays torch cannot hold
+            raise CheckpointError(f"{path}: key '{k}' has dtype {arr.dtype}, expected floating point") from None
+    return state
 
 
 def load_npz(model: nn.Module, path: str | os.PathLike, *, adopt_head: bool = False) -> nn.Module:
@@ -195,8 +180,11 @@ def load_npz(model: nn.Module, path: str | os.PathLike, *, adopt_head: bool = Fa
 
 def npz_arrays(state: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """Our-name tensors as official ``.npz`` arrays (float32, HWIO kernels)."""
-    return {npz_key(k): np.ascontiguousarray(_to_tf_layout(v.detach().cpu().float().numpy()))
-            for k, v in state.items()}
+    arrays = {}
+    for k, v in state.items():
+        arr = v.detach().cpu().float().numpy()
+        arrays[npz_key(k)] = np.ascontiguousarray(arr.transpose(2, 3, 1, 0) if arr.ndim == 4 else arr)  # OIHW -> HWIO
+    return arrays
 
 
 def state_dict_to_npz(model: nn.Module) -> dict[str, np.ndarray]:

@@ -37,13 +37,9 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(f"{path}: no such file; check the path")
     _check_header(path)
     try:
-        tensors = {}
         with safe_open(path, framework="pt", device="cpu") as f:
             meta = dict(f.metadata() or {})
-            for k in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                tensors[k] = f.get_tensor(k)
-    except CheckpointError:
-        raise
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a mapping)
     except Exception as e:  # the Rust reader raises its own error types
         raise CheckpointError(f"{path}: corrupt or truncated safetensors file ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else e!r}); re-download or re-export it") from None
