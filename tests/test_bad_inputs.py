@@ -67,6 +67,10 @@ def test_unknown_names_suggest_the_closest(argv, needle, capsys):
     fails(argv, capsys, needle)
 
 
+def test_train_without_a_recipe_asks_for_one(capsys):
+    fails(["train", "--data", "digits"], capsys, r"the following arguments are required: --recipe")
+
+
 # --- --data syntax -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("spec,needle", [

@@ -118,6 +118,22 @@ def test_convert_refuses_a_folder_as_destination_and_a_missing_path(r14_file, ca
     assert not list((tmp_path / "out_dir").iterdir()) and not (tmp_path / "out.safetensors").exists()
 
 
+def test_convert_checks_the_destination_before_it_downloads(capsys, tmp_path, monkeypatch):
+    import bigtransfer.weights.download as download
+
+    def fetch(*args, **kwargs):
+        raise AssertionError("downloaded before the destination was checked")
+
+    monkeypatch.setattr(download, "fetch_pretrained", fetch)
+    (tmp_path / "old.npz").write_bytes(b"kept")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("kept")
+    fails(["convert", "BiT-M-R50x1", str(tmp_path / "out.xyz")], capsys, r"cannot tell the target format of .*out\.xyz")
+    fails(["convert", "BiT-M-R50x1", str(tmp_path / "old.npz")], capsys, r"old\.npz exists; pass --overwrite")
+    fails(["convert", "BiT-M-R50x1", str(tmp_path / "full"), "--to", "hf"], capsys, r"folder .*full is not empty")
+    assert (tmp_path / "old.npz").read_bytes() == b"kept"
+
+
 def test_convert_reads_the_weights_file_of_a_folder(capsys, tmp_path):
     from bigtransfer.weights.convert import read_checkpoint, write_checkpoint
 

@@ -69,7 +69,10 @@ def setting(check: Callable[[str], float], key: str) -> Callable[[str], float]:
 def add_run_args(p: argparse.ArgumentParser, default_recipe: str | None) -> None:
     """The training flags; every recipe key can also be set with ``--set KEY=VALUE``."""
     g = p.add_argument_group("run")
-    g.add_argument("--recipe", default=default_recipe, help=f"recipe name or YAML file (default: {default_recipe})")
+    if default_recipe is None:  # bit train: the recipe is the run's whole definition, so it has no default
+        g.add_argument("--recipe", required=True, help="recipe name or YAML file ('bit recipes' lists them)")
+    else:
+        g.add_argument("--recipe", default=default_recipe, help=f"recipe name or YAML file (default: {default_recipe})")
     g.add_argument("--data", help="NAME:PATH, e.g. imagefolder:/data/pets, cifar10:/data/cifar, digits")
     g.add_argument("--model", help="registered model name ('bit models' lists them)")
     g.add_argument("--weights", help="local checkpoint (npz, safetensors, ckpt) instead of downloading")

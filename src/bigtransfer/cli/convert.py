@@ -14,12 +14,13 @@ TARGETS = ("npz", "safetensors", "timm", "hf", "ckpt")
 
 def run(args: argparse.Namespace) -> int:
     from ..engine.runs import weights_source
-    from ..weights.convert import arch_name, convert, is_folder_target
+    from ..weights.convert import arch_name, check_destination, convert, is_folder_target
 
     folder = is_folder_target(args.dst, args.to)
     if not folder and (Path(args.dst).is_dir() or args.dst.endswith(("/", os.sep))):  # refused before reading SRC
         suffix = {"npz": ".npz", "ckpt": ".ckpt"}.get(args.to or "", ".safetensors")
         raise BitError(f"DST '{args.dst}' is a folder; give a file name, e.g. {Path(args.dst) / f'model{suffix}'}")
+    check_destination(args.dst, args.to, args.overwrite)  # before SRC is read, or downloaded
     src, model_name = weights_source(args.src, args.model)
     dst, model = convert(src, args.dst, args.to, model_name=model_name, ema=args.ema, overwrite=args.overwrite)
     arch = arch_name(model.block_units, model.width_factor) or f"units {model.block_units} x{model.width_factor:g}"

@@ -43,18 +43,33 @@ def is_folder_target(dst: str | os.PathLike, to: str | None) -> bool:
     return to == "hf" and Path(dst).suffix.lower() != ".safetensors"
 
 
-def _check_folder_target(src: str | os.PathLike, dst: Path, overwrite: bool) -> None:
-    """A transformers folder may be new or empty; a non-empty one needs ``overwrite``, and never holds the source."""
-    if dst.exists() and not dst.is_dir():
+def check_destination(dst: str | os.PathLike, to: str | None, overwrite: bool = False) -> str:
+    """The target format of ``dst``, after the checks that need no source (run them before a download)."""
+    to = to or target_from_path(dst)
+    if to not in TARGETS:
+        raise CheckpointError(f"cannot tell the target format of {dst}; pass --to with one of {', '.join(TARGETS)}")
+    dst = Path(dst)
+    if not is_folder_target(dst, to):
+        if dst.exists() and not overwrite:
+            raise CheckpointError(f"{dst} exists; pass --overwrite to replace it")
+    elif dst.exists() and not dst.is_dir():
         raise CheckpointError(f"{dst} is a file; --to hf writes a folder (model.safetensors, config.json, "
                               f"preprocessor_config.json): give a folder name, or a .safetensors name for the "
                               f"weights alone")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite:
+    elif dst.is_dir() and any(dst.iterdir()) and not overwrite:
         raise CheckpointError(f"folder {dst} is not empty; pass --overwrite to replace its model files, or give a "
                               f"new folder")
-    ours = {(dst / name).resolve() for name in HF_FILES}
-    if Path(src).resolve() == dst.resolve() or any(f.resolve() in ours for f in source_files(src)):
-        raise CheckpointError(f"{dst} holds the source weights; write to another folder")
+    return to
+
+
+def _check_not_source(src: str | os.PathLike, dst: Path, folder: bool) -> None:
+    """``dst`` (a file, or a transformers folder) must not be or hold the weights being read."""
+    if folder:
+        ours = {(dst / name).resolve() for name in HF_FILES}
+        if Path(src).resolve() == dst.resolve() or any(f.resolve() in ours for f in source_files(src)):
+            raise CheckpointError(f"{dst} holds the source weights; write to another folder")
+    elif any(f.resolve() == dst.resolve() for f in source_files(src)):
+        raise CheckpointError(f"{dst} is the source file; write to another path")
 
 
 def classes_for(loaded: Loaded, src: str | os.PathLike, num_classes: int) -> list[str] | None:
@@ -122,18 +137,10 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
             model_name: str | None = None, ema: bool = False, overwrite: bool = False) -> tuple[Path, nn.Module]:
     """Convert ``src`` (any format, or a folder holding one) to ``dst`` as ``to`` through a model that checks it;
     returns the path and the model. ``to="hf"`` writes a transformers folder unless ``dst`` is a .safetensors file."""
-    to = to or target_from_path(dst)
-    if to not in TARGETS:
-        raise CheckpointError(f"cannot tell the target format of {dst}; pass --to with one of {', '.join(TARGETS)}")
+    to = check_destination(dst, to, overwrite)
     dst = Path(dst)
     folder = is_folder_target(dst, to)
-    if folder:
-        _check_folder_target(src, dst, overwrite)
-    else:
-        if dst.exists() and not overwrite:
-            raise CheckpointError(f"{dst} exists; pass --overwrite to replace it")
-        if any(f.resolve() == dst.resolve() for f in source_files(src)):
-            raise CheckpointError(f"{dst} is the source file; write to another path")
+    _check_not_source(src, dst, folder)
     loaded = read_checkpoint(src, ema=ema)
     model = model_for(loaded, model_name, str(src))
     state = model.state_dict()
@@ -157,5 +164,5 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, to: str | None = Non
 
 __all__ = ["detect_format", "detect_layout", "read_checkpoint", "infer_architecture", "model_for", "apply_input_stats",
            "write_checkpoint", "convert", "arch_name", "target_from_path", "Loaded", "TARGETS", "weights_in_folder",
-           "source_files", "is_folder_target", "classes_for", "registry_classes", "eval_inputs", "export_metadata",
-           "WEIGHT_SUFFIXES", "WEIGHT_NAMES", "HF_FILES"]
+           "source_files", "is_folder_target", "check_destination", "classes_for", "registry_classes", "eval_inputs",
+           "export_metadata", "WEIGHT_SUFFIXES", "WEIGHT_NAMES", "HF_FILES"]
