@@ -277,3 +277,15 @@ def test_confusion_plot_writes_counts_colour_bar_and_title(tmp_path):
     plt.close(many)
     out = plot_confusion(confusion, ["cat", "dog", "fox"], tmp_path / "confusion.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_class_names_the_font_lacks_draw_without_warnings(tmp_path):
+    import warnings
+
+    from bigtransfer.engine.plots import plot_confusion
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = plot_confusion([[3, 1], [0, 4]], ["日本", "café"], tmp_path / "confusion.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection
+import warnings
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import matplotlib
@@ -68,7 +70,7 @@ def training_figure(rows: list[dict]) -> Figure | None:
         acc.grid(alpha=0.3)
         acc.legend(loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False)
     (ax if acc is None else acc).set_xlabel("step")
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -78,8 +80,22 @@ def plot_training(metrics_file: Path, out: Path) -> Path | None:
     return None if fig is None else _save(fig, out)
 
 
+@contextlib.contextmanager
+def _missing_glyphs_quiet() -> Iterator[None]:
+    """Class names in a script the font lacks are drawn as boxes; matplotlib's warning per glyph is left out."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font", category=UserWarning)
+        yield
+
+
+def _layout(fig: Figure, **kwargs) -> None:
+    with _missing_glyphs_quiet():
+        fig.tight_layout(**kwargs)
+
+
 def _save(fig: Figure, out: Path, dpi: int = 120) -> Path:
-    fig.savefig(out, dpi=dpi)
+    with _missing_glyphs_quiet():
+        fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
 
@@ -110,7 +126,7 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], counts_up_t
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(f"confusion matrix: n = {total}, top-1 {top1:.1f}%")
-    fig.tight_layout()
+    _layout(fig)
     return fig
 
 
@@ -151,7 +167,7 @@ def plot_fewshot(curves: dict[str, dict[int, list[float]]], out: Path, metric: s
     fig, ax = plt.subplots(figsize=(6, 4))
     _draw_fewshot(ax, curves, metric, title)
     ax.legend()
-    fig.tight_layout()
+    _layout(fig)
     return _save(fig, out)
 
 
@@ -171,5 +187,5 @@ def plot_fewshot_panels(panels: dict[str, dict[str, dict[int, list[float]]]], ou
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 6), frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    _layout(fig, rect=(0, 0.07, 1, 1))
     return _save(fig, out, dpi=110)
