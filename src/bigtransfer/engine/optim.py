@@ -30,6 +30,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_filter: str = "nor
     return [g for g in groups if g["params"]]
 
 
+# Not torch.optim.RMSprop, which adds eps outside the root: with the recipe's eps = 1.0 the two differ markedly.
 class RMSpropTF(torch.optim.Optimizer):
     """RMSProp as TensorFlow 1 and MindSpore define it: eps inside the root, lr inside the momentum buffer, the mean
     square starting at ``ms_init`` (1.0: MindSpore, TF1, timm's ``RMSpropTF``; 0.0: TF2/Keras)."""
