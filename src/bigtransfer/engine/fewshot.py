@@ -17,7 +17,8 @@ import numpy as np
 
 from ..errors import BitError
 from . import config as C
-from .plots import plot_fewshot, read_rows
+from .plots import plot_fewshot
+from .runs import CHECKPOINTS, CONFIG, FINAL_WEIGHTS, METRICS, SUMMARY, read_rows
 from .trainer import Trainer
 
 log = logging.getLogger("bigtransfer")
@@ -60,7 +61,7 @@ def request_key(cfg: dict, train_set, eval_set=None) -> str:
 
 def _cached(cell: Path, key: str) -> dict | None:
     """The summary of a finished cell that was asked for with the same settings and data (``key``), else None."""
-    summary, request = cell / "summary.json", cell / REQUEST
+    summary, request = cell / SUMMARY, cell / REQUEST
     if not (summary.exists() and request.exists()):
         return None
     try:
@@ -73,7 +74,7 @@ def _cached(cell: Path, key: str) -> dict | None:
 
 def is_finished(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds a finished run: its config, its summary and its final weights."""
-    return all((run_dir / name).is_file() for name in ("config.yaml", "summary.json", "model.safetensors"))
+    return all((run_dir / name).is_file() for name in (CONFIG, SUMMARY, FINAL_WEIGHTS))
 
 
 def _check_keep(keep: str) -> None:
@@ -86,9 +87,9 @@ def prune_cell(cell: Path, keep: str = "all") -> None:
     _check_keep(keep)
     if keep == "all":
         return
-    shutil.rmtree(cell / "checkpoints", ignore_errors=True)
+    shutil.rmtree(cell / CHECKPOINTS, ignore_errors=True)
     if keep == "results":
-        (cell / "model.safetensors").unlink(missing_ok=True)
+        (cell / FINAL_WEIGHTS).unlink(missing_ok=True)
 
 
 def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, keep: str = "all") -> dict:
@@ -105,9 +106,9 @@ def run_cell(cfg: dict, cell: Path, train_set, eval_set, quiet: bool = True, kee
                           overwrite=True, quiet=quiet, plots=keep == "all")
         trainer.fit()
         if not trainer.info.is_main:
-            return json.loads((cell / "summary.json").read_text())
+            return json.loads((cell / SUMMARY).read_text())
         (cell / REQUEST).write_text(json.dumps({"request": key}) + "\n")
-        hit = json.loads((cell / "summary.json").read_text())
+        hit = json.loads((cell / SUMMARY).read_text())
     prune_cell(cell, keep)
     return hit
 
@@ -188,7 +189,7 @@ class Workers:
 def _last_step(run_dir: Path) -> int:
     """The last training step ``run_dir`` has logged, while another process trains it."""
     try:
-        steps = [row["step"] for row in read_rows(run_dir / "metrics.jsonl") if "loss" in row]
+        steps = [row["step"] for row in read_rows(run_dir / METRICS) if "loss" in row]
     except OSError:
         return 0
     return int(steps[-1]) if steps else 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import warnings
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -16,18 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-
-def read_rows(metrics_file: Path) -> list[dict]:
-    """The rows of a ``metrics.jsonl``; lines that are not JSON objects are skipped."""
-    rows = []
-    for line in Path(metrics_file).read_text().splitlines():
-        try:
-            row = json.loads(line) if line.strip() else None
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and "step" in row:
-            rows.append(row)
-    return rows
+from .runs import read_rows  # noqa: E402
 
 
 def training_figure(rows: list[dict]) -> Figure | None:

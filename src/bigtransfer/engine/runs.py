@@ -72,6 +72,19 @@ class LoadedModel:
         return self.facts.get("std") or list(self.cfg.std)
 
 
+def read_rows(metrics_file: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` (``METRICS``); lines that are not JSON objects are skipped."""
+    rows = []
+    for line in Path(metrics_file).read_text().splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and "step" in row:
+            rows.append(row)
+    return rows
+
+
 def is_run_dir(path: str | os.PathLike) -> bool:
     return Path(path).is_dir() and (Path(path) / CONFIG).is_file()
 

@@ -6,6 +6,8 @@ import logging
 import math
 from pathlib import Path
 
+from .runs import METRICS, read_rows
+
 log = logging.getLogger("bigtransfer")
 
 TRAIN_KEYS = ("loss", "lr", "img_per_s")
@@ -56,9 +58,7 @@ class EventLog:
 
     def _kept_rows(self) -> list[dict]:
         """The rows ``metrics.jsonl`` holds at the resume step (a resumed run does not write them again)."""
-        from .plots import read_rows
-
-        path = self.run_dir / "metrics.jsonl"
+        path = self.run_dir / METRICS
         return [row for row in read_rows(path) if row["step"] == self._resume_step] if path.is_file() else []
 
     def start(self) -> None:
